@@ -1,0 +1,232 @@
+//! `cranium.yaml`: the project's connections, metadata store, alert channels and job defaults.
+//!
+//! These are the raw, as-written types (plain serde, unknown fields denied). Strings may use `${VAR}` and
+//! `${VAR:-default}`, resolved from the environment by [`crate::config::interp`] before these are built.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::types::HumanDuration;
+
+/// The whole `cranium.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// A name for the project, shown by `list` and in alerts.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Metadata store URL: `sqlite://PATH` (relative to the project root) or `postgres://...`.
+    /// Default `sqlite://.cranium/state.db`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Add the dependencies that SQL lineage finds instead of warning about them (like SQLMesh).
+    #[serde(default)]
+    pub infer_dependencies: bool,
+    /// Named connections, each with a `kind`.
+    #[serde(default)]
+    pub connections: IndexMap<String, serde_yaml::Value>,
+    /// Named alert channels, each with a `kind`.
+    #[serde(default)]
+    pub alerts: IndexMap<String, serde_yaml::Value>,
+    /// Defaults for every job.
+    #[serde(default)]
+    pub defaults: ProjectDefaults,
+}
+
+/// Defaults applied to every job unless the job says otherwise.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectDefaults {
+    /// IANA time zone for schedules (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Alert channels for every job.
+    #[serde(default)]
+    pub alerts: Option<Vec<String>>,
+    #[serde(default)]
+    pub catchup: Option<bool>,
+    #[serde(default)]
+    pub max_active_runs: Option<u32>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_delay: Option<HumanDuration>,
+    #[serde(default)]
+    pub retry_backoff: Option<f64>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// The kinds of connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionKind {
+    Postgres,
+    Redshift,
+    Mysql,
+    Kafka,
+    S3,
+}
+
+impl ConnectionKind {
+    pub const ALL: [&'static str; 5] = ["postgres", "redshift", "mysql", "kafka", "s3"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectionKind::Postgres => "postgres",
+            ConnectionKind::Redshift => "redshift",
+            ConnectionKind::Mysql => "mysql",
+            ConnectionKind::Kafka => "kafka",
+            ConnectionKind::S3 => "s3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConnectionKind> {
+        Some(match s {
+            "postgres" => ConnectionKind::Postgres,
+            "redshift" => ConnectionKind::Redshift,
+            "mysql" => ConnectionKind::Mysql,
+            "kafka" => ConnectionKind::Kafka,
+            "s3" => ConnectionKind::S3,
+            _ => return None,
+        })
+    }
+
+    /// The SQL dialect spoken over this connection, if it is a database.
+    pub fn dialect(self) -> Option<crate::sql::Dialect> {
+        match self {
+            ConnectionKind::Postgres => Some(crate::sql::Dialect::Postgres),
+            ConnectionKind::Redshift => Some(crate::sql::Dialect::Redshift),
+            ConnectionKind::Mysql => Some(crate::sql::Dialect::MySql),
+            _ => None,
+        }
+    }
+}
+
+/// A database connection (`postgres`, `redshift`, `mysql`): a URL, or its parts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConnection {
+    /// `postgres://user:pass@host:port/db` or `mysql://user:pass@host:port/db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Timeout for opening a connection (default 10s).
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Redshift only: the IAM role that COPY and UNLOAD use.
+    #[serde(default)]
+    pub iam_role: Option<String>,
+}
+
+/// A Kafka connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConnection {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Extra librdkafka settings.
+    #[serde(default)]
+    pub options: IndexMap<String, String>,
+}
+
+/// An S3 (or S3-compatible) connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Connection {
+    /// Endpoint URL for S3-compatible servers; AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Default bucket for steps that do not name one.
+    #[serde(default)]
+    pub bucket: Option<String>,
+}
+
+/// A connection as configured.
+#[derive(Debug, Clone)]
+pub enum Connection {
+    Database(ConnectionKind, DatabaseConnection),
+    Kafka(KafkaConnection),
+    S3(S3Connection),
+}
+
+impl Connection {
+    pub fn kind(&self) -> ConnectionKind {
+        match self {
+            Connection::Database(k, _) => *k,
+            Connection::Kafka(_) => ConnectionKind::Kafka,
+            Connection::S3(_) => ConnectionKind::S3,
+        }
+    }
+
+    /// Secret values to mask in output.
+    pub fn secrets(&self) -> Vec<String> {
+        match self {
+            Connection::Database(_, d) => {
+                let mut v: Vec<String> = d.password.iter().cloned().collect();
+                if let Some(p) = d.url.as_deref().and_then(crate::secret::url_password_of) {
+                    v.push(p);
+                }
+                v
+            }
+            Connection::Kafka(k) => k
+                .options
+                .iter()
+                .filter(|(name, _)| name.contains("password") || name.contains("secret"))
+                .map(|(_, v)| v.clone())
+                .collect(),
+            Connection::S3(s) => s
+                .secret_access_key
+                .iter()
+                .chain(s.session_token.iter())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The kinds of alert channel.
+#[derive(Debug, Clone)]
+pub enum AlertChannel {
+    /// POST a JSON summary to a URL.
+    Webhook(WebhookAlert),
+    /// Run a command with the JSON summary on standard input.
+    Command(CommandAlert),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookAlert {
+    pub url: String,
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandAlert {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+}

@@ -1,0 +1,20 @@
+//! cranium: a declarative ETL DAG scheduler for moving Kafka and MySQL data into a Redshift warehouse.
+//!
+//! A project is a folder with `cranium.yaml` (connections, metadata store, alert channels, defaults),
+//! job files under `jobs/` (a DAG of steps with a cron schedule), SQL under `sql/` and Lua scripts. The
+//! pure core (config, templates, SQL lineage, schedules, the DAG) does no I/O beyond reading project
+//! files; connectors and the engine sit on top.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod commands;
+pub mod config;
+pub mod dag;
+pub mod diag;
+pub mod project;
+pub mod schedule;
+pub mod secret;
+pub mod sql;
+pub mod steps;
+pub mod template;
+pub mod yaml;

@@ -1,0 +1,17 @@
+//! `noop`: does nothing and succeeds. For tests, benchmarks, and as a join point in a DAG.
+
+use serde::Deserialize;
+
+use super::{CheckCx, Step};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoopStep {}
+
+impl Step for NoopStep {
+    fn kind(&self) -> &'static str {
+        "noop"
+    }
+
+    fn check(&self, _cx: &mut CheckCx<'_>) {}
+}
