@@ -182,7 +182,11 @@ impl SourceFile {
                     pos = Some(*p);
                 }
             }
-            Box::new(Diagnostic::error("yaml-syntax", msg).in_file(&self.rel).at(pos))
+            Box::new(
+                Diagnostic::error("yaml-syntax", msg)
+                    .in_file(&self.rel)
+                    .at(pos),
+            )
         })
     }
 
