@@ -190,6 +190,86 @@ impl SourceFile {
         })
     }
 
+    /// Where `line:col` (1-based) of the string value at `path` is written in the file. Block scalars
+    /// keep their lines (`|`) or join them with spaces (`>`); quoted and plain scalars start after the
+    /// opening quote.
+    pub fn string_position(
+        &self,
+        path: &YamlPath,
+        line: usize,
+        col: usize,
+    ) -> Option<(usize, usize)> {
+        // yaml-rust2 places a block scalar at its content; its style is on the key's line.
+        if let Some(key) = self.spans().get(path).and_then(|s| s.key) {
+            let key_line = self.text.lines().nth(key.line - 1)?;
+            let after: String = key_line.chars().skip(key.col - 1 + key.len).collect();
+            let header = after.trim_start().trim_start_matches(':').trim_start();
+            if header.starts_with('>') {
+                return self.folded_position(key.line, line, col);
+            }
+        }
+        let (l, c) = self.string_content_start(path)?;
+        if line <= 1 {
+            Some((l, c + col.saturating_sub(1)))
+        } else {
+            Some((l + line - 1, c + col.saturating_sub(1)))
+        }
+    }
+
+    /// Map a position in a folded (`>`) block's value back to the block's lines.
+    fn folded_position(
+        &self,
+        header_line: usize,
+        line: usize,
+        col: usize,
+    ) -> Option<(usize, usize)> {
+        // The block's lines: (file line, indent, content length) until the indentation ends.
+        let mut block: Vec<Option<(usize, usize, usize)>> = Vec::new();
+        let mut indent = None;
+        for (i, l) in self.text.lines().enumerate().skip(header_line) {
+            if l.trim().is_empty() {
+                block.push(None);
+                continue;
+            }
+            let ind = l.chars().take_while(|c| *c == ' ').count();
+            let want = *indent.get_or_insert(ind);
+            if ind < want {
+                break;
+            }
+            block.push(Some((i + 1, ind, l.chars().count() - ind)));
+        }
+        // Paragraphs of non-blank lines are joined by spaces; each blank line is one line break.
+        let mut vline = 1;
+        let mut i = 0;
+        while i < block.len() {
+            let mut para = Vec::new();
+            while let Some(Some(b)) = block.get(i) {
+                para.push(*b);
+                i += 1;
+            }
+            if !para.is_empty() && vline == line {
+                let mut c = col;
+                for (n, (file_line, ind, len)) in para.iter().enumerate() {
+                    if c <= len + 1 || n + 1 == para.len() {
+                        return Some((*file_line, ind + c));
+                    }
+                    c -= len + 1;
+                }
+            }
+            let mut blanks = 0;
+            while let Some(None) = block.get(i) {
+                blanks += 1;
+                i += 1;
+            }
+            vline += blanks.max(1);
+        }
+        block
+            .iter()
+            .flatten()
+            .next()
+            .map(|(l, ind, _)| (*l, ind + 1))
+    }
+
     /// Where the content of a string value starts: for `query: |` block scalars, the first line of the
     /// block; otherwise the value's own position (after its opening quote, if quoted).
     pub fn string_content_start(&self, path: &YamlPath) -> Option<(usize, usize)> {
@@ -215,7 +295,9 @@ fn yaml_error_message(e: &serde_yaml::Error) -> String {
         Some(i) => raw[..i].to_string(),
         None => raw,
     };
-    if let Some(rest) = msg.strip_prefix("duplicate entry with key ") {
+    // Nested duplicates come as `steps[0]: duplicate entry with key "kind"`.
+    if let Some(i) = msg.find("duplicate entry with key ") {
+        let rest = &msg[i + "duplicate entry with key ".len()..];
         return format!("duplicate key {rest}: each key may appear once in a mapping");
     }
     format!("invalid YAML: {msg}")
@@ -280,10 +362,21 @@ fn index_positions(text: &str) -> Index {
                     };
                     if self.expecting_key() {
                         if let Some(Frame::Map { key, seen, path }) = self.stack.last_mut() {
+                            let first = seen.is_empty();
                             if !seen.insert(s.clone()) {
                                 self.duplicates.push((path.key(s.as_str()), pos(len)));
                             }
                             *key = Some((s, pos(len)));
+                            // A block mapping's start is reported at its first key's ':'; the mapping
+                            // starts at the first key.
+                            if first {
+                                if let Some(node) = self.out.get_mut(path) {
+                                    let k = pos(len);
+                                    if (node.value.line, node.value.col) > (k.line, k.col) {
+                                        node.value = Pos::new(k.line, k.col, 1);
+                                    }
+                                }
+                            }
                         }
                     } else if let Some((p, key)) = self.value_slot() {
                         self.out.insert(
@@ -354,6 +447,8 @@ pub fn deserialize<T: DeserializeOwned>(
     out: &mut Vec<Diagnostic>,
 ) -> Option<T> {
     let mut pruned: BTreeSet<String> = BTreeSet::new();
+    // Fields a "did you mean" already pointed to: their "missing field" error would say it twice.
+    let mut suggested: BTreeSet<String> = BTreeSet::new();
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(t) => return Some(t),
@@ -383,10 +478,14 @@ pub fn deserialize<T: DeserializeOwned>(
                     did_you_mean(&field, candidates.iter().copied())
                 ),
             );
-            if !candidates.is_empty()
-                && crate::diag::suggest(&field, candidates.iter().copied()).is_none()
-            {
-                d = d.help(format!("valid fields here: {}", candidates.join(", ")));
+            match crate::diag::suggest(&field, candidates.iter().copied()) {
+                Some(s) => {
+                    suggested.insert(base.join(&map_rel).key(s).to_string());
+                }
+                None if !candidates.is_empty() => {
+                    d = d.help(format!("valid fields here: {}", candidates.join(", ")));
+                }
+                None => {}
             }
             out.push(d);
             if !prune(&mut value, &map_rel.key(&field)) {
@@ -398,7 +497,8 @@ pub fn deserialize<T: DeserializeOwned>(
             .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next())
         {
-            if !pruned.contains(&full.key(field).to_string()) {
+            let key = full.key(field).to_string();
+            if !pruned.contains(&key) && !suggested.contains(&key) {
                 let what = if full.0.is_empty() {
                     "the file".to_string()
                 } else {
@@ -633,6 +733,18 @@ mod tests {
         let d = f.parse().expect_err("duplicate");
         assert!(d.message.contains("duplicate key"), "{d:?}");
         assert_eq!(d.pos.map(|p| p.line), Some(2));
+    }
+
+    #[test]
+    fn folded_block_positions_map_to_their_lines() {
+        let f = SourceFile::new(
+            "a.yaml",
+            "steps:\n  - id: x\n    query: >\n      SELECT count(*)\n      FROM t\n      WHERE a = = 1\n    kind: sql\n",
+        );
+        let p = YamlPath::root().key("steps").index(0).key("query");
+        // "SELECT count(*) FROM t WHERE a = = 1": column 34 is the second '='.
+        assert_eq!(f.string_position(&p, 1, 34), Some((6, 17)));
+        assert_eq!(f.string_position(&p, 1, 1), Some((4, 7)));
     }
 
     #[test]

@@ -309,14 +309,10 @@ impl<'a> CheckCx<'a> {
         match origin {
             TextOrigin::File(p) => (p.clone(), Some(Pos::new(line, col, len))),
             TextOrigin::Field(path) => {
-                let pos = self.file.string_content_start(path).map(|(l, c)| {
-                    if line <= 1 {
-                        Pos::new(l, c + col.saturating_sub(1), len)
-                    } else {
-                        // Later lines of a block scalar keep the block's indentation.
-                        Pos::new(l + line - 1, c + col.saturating_sub(1), len)
-                    }
-                });
+                let pos = self
+                    .file
+                    .string_position(path, line, col)
+                    .map(|(l, c)| Pos::new(l, c, len));
                 (self.file.rel.clone(), pos)
             }
         }
@@ -337,7 +333,19 @@ impl<'a> CheckCx<'a> {
         match self.renderer.render(&name, source, &vars, dialect) {
             Ok(s) => Some(s),
             Err(e) => {
-                let (file, pos) = self.locate(origin, e.line.unwrap_or(1), e.col.unwrap_or(1), 1);
+                // For "`params.x` is undefined" point at the expression itself, also when it sits
+                // inside a filter call (minijinja reports the filter's position then).
+                let mut col = e.col.unwrap_or(1);
+                let mut len = 1;
+                if let (Some(line), Some(name)) = (e.line, undefined_name(&e.message)) {
+                    if let Some(text) = source.lines().nth(line - 1) {
+                        if let Some(b) = text.find(name) {
+                            col = text[..b].chars().count() + 1;
+                            len = name.chars().count();
+                        }
+                    }
+                }
+                let (file, pos) = self.locate(origin, e.line.unwrap_or(1), col, len);
                 let pos = if e.line.is_none() { None } else { pos };
                 self.diags.push(
                     Diagnostic::error(
@@ -497,6 +505,14 @@ impl<'a> CheckCx<'a> {
             );
         }
     }
+}
+
+/// `x` from a message like "undefined value: `x` is undefined".
+fn undefined_name(message: &str) -> Option<&str> {
+    let i = message.find(" is undefined")?;
+    let head = message[..i].strip_suffix('`')?;
+    let start = head.rfind('`')?;
+    Some(&head[start + 1..])
 }
 
 /// Table names as lineage compares them: unquoted parts lower-cased, quotes removed.

@@ -1,0 +1,575 @@
+//! The metadata store: run history per (job, logical interval).
+//!
+//! # Why this module exists
+//!
+//! The engine must remember, across processes and restarts, what it has run: which intervals of
+//! which steps succeeded (so a backfill only runs what is missing and "rerun failed" finds the
+//! failures), every attempt with its error, timings, counts and log file (so an operator can see
+//! why), and which runs a process was in the middle of when it died (so they are not left
+//! "running" forever). This module is that memory, behind one API with two real backends:
+//!
+//! * **SQLite** ([`sqlite::SqliteStore`], `sqlite://PATH`): the embedded default, one file in the
+//!   project (`.cranium/state.db`), WAL mode.
+//! * **PostgreSQL** ([`postgres::PgStore`], `postgres://...?schema=NAME`): when several daemons
+//!   share the work.
+//!
+//! Both share one logical schema (see `migrations/`), one set of semantics and one test suite
+//! (`tests/store.rs`).
+//!
+//! # The data model
+//!
+//! * `runs`: one row per run of a job for one interval (`create_run`), with its state, trigger,
+//!   creation/start/end times and the heartbeat that `recover_stale` reads. History.
+//! * `step_attempts`: one row per attempt of a step (`begin_attempt`/`finish_attempt`). History:
+//!   retries and reruns add rows, nothing deletes them.
+//! * `step_intervals`: the latest state of each (job, step, interval), upserted by
+//!   `set_step_state`. This is the source of truth: "what is missing" is "which intervals have no
+//!   `success` record", "rerun failed" is "which have a `failed` one", and `clear` sets records
+//!   back to `pending`.
+//!
+//! Migrations are versioned `.sql` files under `migrations/{sqlite,postgres}/NNNN_name.sql`,
+//! embedded in the binary and applied on open; applied versions are recorded in
+//! `cranium_schema_migrations(version, applied_at)`. Opening a store written by a newer binary
+//! (a version this binary does not know) is refused rather than risking a misread.
+//!
+//! Times are UTC: RFC 3339 text with microseconds in SQLite, `timestamptz` in PostgreSQL; both
+//! keep microsecond precision, so a record reads back equal on either backend.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+pub use crate::schedule::Interval;
+
+/// The error text `recover_stale` writes into interrupted attempts.
+pub const INTERRUPTED: &str = "interrupted: the process running it stopped";
+
+// ---------------------------------------------------------------------------------------------
+// States
+// ---------------------------------------------------------------------------------------------
+
+/// A stored name that is not one of an enum's values (`FromStr` for the state enums).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{value}' (expected one of: {expected})")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The snake_case name stored in the database and shown to users.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: s.to_string(),
+                        expected: concat!($($text, " "),+),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The state of one step for one interval (and of one attempt).
+    StepState, "step state", {
+        /// Not run yet, or cleared to run again.
+        Pending => "pending",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        /// Failed, and will be retried.
+        UpForRetry => "up_for_retry",
+        /// Not run because a step it depends on failed.
+        UpstreamFailed => "upstream_failed",
+        Skipped => "skipped",
+    }
+);
+
+impl StepState {
+    /// Success, Failed, UpstreamFailed and Skipped: nothing more will happen to it in this run.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepState::Success | StepState::Failed | StepState::UpstreamFailed | StepState::Skipped
+        )
+    }
+}
+
+string_enum!(
+    /// The state of a run (one job, one interval).
+    RunState, "run state", {
+        Queued => "queued",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+    }
+);
+
+string_enum!(
+    /// Why a run was created.
+    Trigger, "trigger", {
+        Schedule => "schedule",
+        Manual => "manual",
+        Backfill => "backfill",
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Everything that can go wrong in the store. Database errors name the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite store: {op}: {source}")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("postgres store: {op}: {}", postgres::describe_error(.source))]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A migration could not be applied, or the store's schema is newer than this binary.
+    #[error("store migration: {0}")]
+    Migration(String),
+    /// The `state:` URL is not `sqlite://PATH` or `postgres://...`, or has a bad parameter.
+    #[error("bad store url '{0}'")]
+    BadUrl(String),
+    /// A stored value that cannot be read back (unknown state name, bad time, bad JSON).
+    #[error("corrupt value in the store: {0}")]
+    Corrupt(String),
+    /// A PostgreSQL operation did not finish within the timeout (30 s).
+    #[error("postgres store: {0}: timed out after 30s")]
+    Timeout(&'static str),
+    /// An operation on a run or attempt id that does not exist.
+    #[error("{what} {id} does not exist in the store")]
+    NotFound { what: &'static str, id: i64 },
+    /// Creating the SQLite file's folder failed.
+    #[error("sqlite store: cannot create folder {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking task running a SQLite operation panicked or was cancelled.
+    #[error("sqlite store: {op}: the database thread failed: {message}")]
+    Thread { op: &'static str, message: String },
+}
+
+impl From<UnknownValue> for StoreError {
+    fn from(e: UnknownValue) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+// ---------------------------------------------------------------------------------------------
+
+/// One run of a job for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub interval: Interval,
+    pub state: RunState,
+    pub trigger: Trigger,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// One attempt of one step (history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub run_id: i64,
+    pub job: String,
+    pub step: String,
+    pub interval: Interval,
+    pub attempt: u32,
+    pub state: StepState,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub rows_affected: Option<i64>,
+    pub bytes: Option<i64>,
+    pub log_path: Option<String>,
+    pub outputs: serde_json::Value,
+}
+
+/// The latest state of one step for one interval (the source of truth).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepIntervalRecord {
+    pub job: String,
+    pub step: String,
+    pub interval: Interval,
+    pub state: StepState,
+    pub run_id: Option<i64>,
+    pub attempt: u32,
+    pub outputs: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What `finish_attempt` records.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptResult {
+    /// The attempt's final state: Success, Failed or UpForRetry. `None`: Failed when `error` is
+    /// set, else Success.
+    pub state: Option<StepState>,
+    pub error: Option<String>,
+    pub rows_affected: Option<i64>,
+    pub bytes: Option<i64>,
+    pub outputs: serde_json::Value,
+}
+
+impl AttemptResult {
+    /// The state to store: `state`, or Failed/Success from `error`.
+    pub fn final_state(&self) -> StepState {
+        self.state.unwrap_or(if self.error.is_some() {
+            StepState::Failed
+        } else {
+            StepState::Success
+        })
+    }
+}
+
+/// Which runs `runs` returns.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub job: Option<String>,
+    pub state: Option<RunState>,
+    /// At most this many (the newest); 0 = no limit.
+    pub limit: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations
+// ---------------------------------------------------------------------------------------------
+
+/// One embedded migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// SQLite migrations, in version order.
+pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init.sql",
+    sql: include_str!("migrations/sqlite/0001_init.sql"),
+}];
+
+/// PostgreSQL migrations, in version order.
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init.sql",
+    sql: include_str!("migrations/postgres/0001_init.sql"),
+}];
+
+/// The migrations after `current`, or an error when the store is newer than this binary.
+fn pending_migrations(
+    migrations: &'static [Migration],
+    current: i64,
+    store: &str,
+) -> Result<&'static [Migration], StoreError> {
+    let latest = migrations.last().map_or(0, |m| m.version);
+    if current > latest {
+        return Err(StoreError::Migration(format!(
+            "the store {store} has schema version {current}, newer than this cranium binary \
+             knows (up to {latest}); it was written by a newer cranium: upgrade cranium to use it"
+        )));
+    }
+    let first = migrations.partition_point(|m| m.version <= current);
+    Ok(&migrations[first..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------------
+
+/// A metadata store: SQLite or PostgreSQL. Cheap to clone (shared connections inside).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Store::Sqlite(s) => fmt::Debug::fmt(s, f),
+            Store::Postgres(s) => fmt::Debug::fmt(s, f),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens `sqlite://PATH` (relative to `root` unless absolute; parent folders are created) or
+    /// `postgres://...[?schema=NAME]` (`postgresql://` too; schema default `cranium`, created if
+    /// missing), and applies pending migrations.
+    pub async fn open(url: &str, root: &Path) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(format!(
+                    "{url}': expected sqlite://PATH, e.g. sqlite://.cranium/state.db"
+                )));
+            }
+            let path = Path::new(path);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                root.join(path)
+            };
+            Ok(Store::Sqlite(sqlite::SqliteStore::open(&path).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(postgres::PgStore::open(url).await?))
+        } else {
+            Err(StoreError::BadUrl(format!(
+                "{}': expected sqlite://PATH or postgres://USER@HOST/DB[?schema=NAME]",
+                crate_redact(url)
+            )))
+        }
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Creates a run in state Queued; returns its id.
+    pub async fn create_run(
+        &self,
+        job: &str,
+        interval: Interval,
+        trigger: Trigger,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.create_run(job, interval, trigger))
+    }
+
+    /// Running sets started_at (and the heartbeat); Success/Failed set ended_at.
+    pub async fn set_run_state(&self, run_id: i64, state: RunState) -> Result<(), StoreError> {
+        dispatch!(self.set_run_state(run_id, state))
+    }
+
+    /// Upserts the step's record for this interval (state, run, attempt; outputs replaced when
+    /// `Some`, kept otherwise; JSON null for a new record without outputs).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_step_state(
+        &self,
+        run_id: i64,
+        job: &str,
+        step: &str,
+        interval: Interval,
+        state: StepState,
+        attempt: u32,
+        outputs: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.set_step_state(run_id, job, step, interval, state, attempt, outputs))
+    }
+
+    /// Records the start of an attempt (state Running); returns its id.
+    pub async fn begin_attempt(
+        &self,
+        run_id: i64,
+        job: &str,
+        step: &str,
+        interval: Interval,
+        attempt: u32,
+        log_path: &str,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.begin_attempt(run_id, job, step, interval, attempt, log_path))
+    }
+
+    /// Records the end of an attempt: final state, ended_at, duration_ms, error, counts, outputs.
+    pub async fn finish_attempt(
+        &self,
+        attempt_id: i64,
+        result: &AttemptResult,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.finish_attempt(attempt_id, result))
+    }
+
+    /// Records of steps of `job` whose interval start is in `[from, to)`, ordered by interval
+    /// start then step.
+    pub async fn step_states(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StepIntervalRecord>, StoreError> {
+        dispatch!(self.step_states(job, from, to))
+    }
+
+    /// The record of one step for the interval starting at `interval_start`.
+    pub async fn step_state(
+        &self,
+        job: &str,
+        step: &str,
+        interval_start: DateTime<Utc>,
+    ) -> Result<Option<StepIntervalRecord>, StoreError> {
+        dispatch!(self.step_state(job, step, interval_start))
+    }
+
+    /// Runs matching the filter, newest first.
+    pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        dispatch!(self.runs(filter))
+    }
+
+    /// One run.
+    pub async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, StoreError> {
+        dispatch!(self.run(run_id))
+    }
+
+    /// Attempts for one interval of a job (optionally one step), oldest first.
+    pub async fn attempts(
+        &self,
+        job: &str,
+        interval_start: DateTime<Utc>,
+        step: Option<&str>,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        dispatch!(self.attempts(job, interval_start, step))
+    }
+
+    /// Marks the given steps (all steps of the job when empty) of intervals starting in
+    /// `[from, to)` as Pending, so they run again. History is kept. Returns how many records
+    /// changed (records already Pending are not counted).
+    pub async fn clear(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        steps: &[String],
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.clear(job, from, to, steps))
+    }
+
+    /// Records that the process running `run_id` is alive.
+    pub async fn heartbeat(&self, run_id: i64) -> Result<(), StoreError> {
+        dispatch!(self.heartbeat(run_id))
+    }
+
+    /// Runs left Running with no heartbeat for `stale_after` (the process died): marks them
+    /// Failed, and their Running (and UpForRetry) step records and Running attempts Failed with
+    /// the error [`INTERRUPTED`]. Returns how many runs.
+    pub async fn recover_stale(&self, stale_after: std::time::Duration) -> Result<u64, StoreError> {
+        dispatch!(self.recover_stale(stale_after))
+    }
+}
+
+/// `url` with any password replaced by `***`, for error messages.
+fn crate_redact(url: &str) -> String {
+    // scheme://user:password@host...
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some(at) = authority.rfind('@') {
+            let userinfo = &authority[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}://{}:***{}",
+                    &url[..scheme_end],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+    }
+    url.to_string()
+}
+
+pub(crate) use crate_redact as redact_url;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip() {
+        for s in StepState::ALL {
+            assert_eq!(s.as_str().parse::<StepState>(), Ok(*s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        for s in RunState::ALL {
+            assert_eq!(s.as_str().parse::<RunState>(), Ok(*s));
+        }
+        for s in Trigger::ALL {
+            assert_eq!(s.as_str().parse::<Trigger>(), Ok(*s));
+        }
+        assert_eq!(StepState::UpForRetry.as_str(), "up_for_retry");
+        assert_eq!(StepState::UpstreamFailed.as_str(), "upstream_failed");
+        assert!("nope".parse::<RunState>().is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://etl:hunter2@db:5432/x?schema=a"),
+            "postgres://etl:***@db:5432/x?schema=a"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn newer_store_is_refused() {
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
+        assert_eq!(pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(), 1);
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap().is_empty());
+    }
+}
