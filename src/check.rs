@@ -1,6 +1,7 @@
 //! `cranium check`: load the project, build the DAG, and collect every finding.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::interp::Env;
 use crate::dag::{self, ProjectGraph};
@@ -9,8 +10,8 @@ use crate::project::{self, Project, ProjectError};
 
 /// The result of checking a project.
 pub struct Checked {
-    pub project: Project,
-    pub graph: ProjectGraph,
+    pub project: Arc<Project>,
+    pub graph: Arc<ProjectGraph>,
     pub diagnostics: Diagnostics,
 }
 
@@ -20,8 +21,8 @@ pub fn check(root: &Path, env: &Env) -> Result<Checked, ProjectError> {
     let graph = dag::build(&project, &mut diagnostics);
     diagnostics.sort();
     Ok(Checked {
-        project,
-        graph,
+        project: Arc::new(project),
+        graph: Arc::new(graph),
         diagnostics,
     })
 }

@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use cranium::commands::run::{BackfillArgs, RunArgs, RunsFormat, Selection};
 use cranium::commands::{self, CheckFormat};
 use cranium::dag::GraphFormat;
+use cranium::engine::logs::LogFormat;
+use cranium::engine::Rerun;
+use cranium::store::RunState;
 
 /// A declarative ETL DAG scheduler: Kafka and MySQL into Redshift, with SQL and Lua steps.
 #[derive(Parser)]
@@ -14,8 +18,76 @@ struct Cli {
     /// The project folder (default: the current folder, or the nearest parent with cranium.yaml).
     #[arg(long, global = true, value_name = "DIR")]
     project: Option<PathBuf>,
+    /// Step logs (files and --verbose output) as text or JSON lines.
+    #[arg(long, global = true, value_enum, default_value_t = LogOut::Text)]
+    log_format: LogOut,
+    /// Print step logs while running.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogOut {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct SelectionArgs {
+    /// Only steps whose id matches one of these globs (comma-separated or repeated), e.g. `rollup_*`.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<String>,
+    /// Also run everything downstream (in the job) of the selected steps.
+    #[arg(long)]
+    downstream: bool,
+    /// Steps running at once (default 8).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Wait up to this long (e.g. 10m) for cross-job upstream intervals to succeed (default: do not wait).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait_upstream: Option<std::time::Duration>,
+    /// Take over runs whose process stopped once their heartbeat is this old (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration, hide = true)]
+    recover_after: Option<std::time::Duration>,
+    /// Run the selected steps even if their upstream (unselected or in other jobs) has not succeeded.
+    #[arg(long)]
+    ignore_upstream: bool,
+}
+
+impl SelectionArgs {
+    fn into_selection(self) -> Selection {
+        Selection {
+            steps: self.steps,
+            downstream: self.downstream,
+            parallelism: self.parallelism,
+            upstream_wait: self.wait_upstream,
+            recover_after: self.recover_after,
+            ignore_upstream: self.ignore_upstream,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RerunArg {
+    None,
+    Failed,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Queued,
+    Running,
+    Success,
+    Failed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunsOut {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -44,6 +116,86 @@ enum Command {
         job: Option<String>,
         #[arg(long, value_enum, default_value_t = GraphOut::Text)]
         format: GraphOut,
+    },
+    /// Run one logical interval of a job: the latest complete one, the one containing --at, or --interval.
+    #[command(
+        after_help = "Examples:\n  cranium run events_daily --at 2026-03-01\n  cranium run events_daily --at 2026-03-01 --steps 'rollup_*' --downstream\n  cranium run product_daily --interval 2026-03-01/2026-03-02 --parallelism 4"
+    )]
+    Run {
+        job: String,
+        /// A time inside the interval to run (a date, a local time in the job's time zone, or RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
+        /// An explicit interval START/END.
+        #[arg(long)]
+        interval: Option<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Run every interval of a job's schedule in a range; skips what already succeeded and resumes after an interruption.
+    #[command(
+        after_help = "Examples:\n  cranium backfill events_daily --from 2026-01-01 --to 2026-02-01\n  cranium backfill events_daily --from 2026-01-01 --to 2026-02-01 --dry-run\n  cranium backfill events_daily --from 2026-01-01 --to 2026-02-01 --rerun failed --max-active-runs 4"
+    )]
+    Backfill {
+        job: String,
+        /// Range start: intervals starting at or after it.
+        #[arg(long)]
+        from: String,
+        /// Range end: intervals starting before it.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// `none` (default): only intervals never run or cleared; `failed`: also those with failed steps; `all`: everything.
+        #[arg(long, value_enum, default_value_t = RerunArg::None)]
+        rerun: RerunArg,
+        /// Intervals running at once (default: the job's max_active_runs).
+        #[arg(long)]
+        max_active_runs: Option<usize>,
+        /// Print what would run, and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List runs, newest first.
+    #[command(
+        after_help = "Examples:\n  cranium runs\n  cranium runs events_daily --state failed --limit 20\n  cranium runs --format json"
+    )]
+    Runs {
+        job: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = RunsOut::Table)]
+        format: RunsOut,
+    },
+    /// Print the logs of every attempt of a job's interval (or of one step).
+    #[command(
+        after_help = "Examples:\n  cranium logs events_daily 2026-03-01\n  cranium logs events_daily 2026-03-01 daily_active_users --follow"
+    )]
+    Logs {
+        job: String,
+        /// A time inside the interval (e.g. its start date).
+        interval: String,
+        step: Option<String>,
+        /// Keep printing while the attempts run.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Mark intervals of a job (or some of its steps) to run again. History is kept.
+    #[command(
+        after_help = "Examples:\n  cranium clear events_daily --from 2026-03-01 --to 2026-03-08\n  cranium clear events_daily --from 2026-03-01 --to 2026-03-02 --steps load_app_events --downstream"
+    )]
+    Clear {
+        job: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<String>,
+        #[arg(long)]
+        downstream: bool,
     },
     /// Show the logical intervals that a backfill of JOB over a range would run, in the job's time zone.
     #[command(
@@ -76,6 +228,11 @@ enum GraphOut {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let project = cli.project.as_deref();
+    let log_format = match cli.log_format {
+        LogOut::Text => LogFormat::Text,
+        LogOut::Json => LogFormat::Json,
+    };
+    commands::init_logging(log_format, cli.verbose);
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let code = match cli.command {
@@ -98,6 +255,94 @@ fn main() -> ExitCode {
         Command::Plan { job, from, to } => {
             commands::plan(project, &job, &from, &to, &mut out, &mut err)
         }
+        Command::Run {
+            job,
+            at,
+            interval,
+            selection,
+        } => {
+            let args = RunArgs {
+                job,
+                at,
+                interval,
+                selection: selection.into_selection(),
+            };
+            commands::run::run(project, &args, log_format, &mut out, &mut err)
+        }
+        Command::Backfill {
+            job,
+            from,
+            to,
+            selection,
+            rerun,
+            max_active_runs,
+            dry_run,
+        } => {
+            let rerun = match rerun {
+                RerunArg::None => Rerun::None,
+                RerunArg::Failed => Rerun::Failed,
+                RerunArg::All => Rerun::All,
+            };
+            let args = BackfillArgs {
+                job,
+                from,
+                to,
+                selection: selection.into_selection(),
+                rerun,
+                max_active_runs,
+                dry_run,
+            };
+            commands::run::backfill(project, &args, log_format, &mut out, &mut err)
+        }
+        Command::Runs {
+            job,
+            state,
+            limit,
+            format,
+        } => {
+            let state = state.map(|s| match s {
+                StateArg::Queued => RunState::Queued,
+                StateArg::Running => RunState::Running,
+                StateArg::Success => RunState::Success,
+                StateArg::Failed => RunState::Failed,
+            });
+            let format = match format {
+                RunsOut::Table => RunsFormat::Table,
+                RunsOut::Json => RunsFormat::Json,
+            };
+            commands::run::runs(
+                project,
+                job.as_deref(),
+                state,
+                limit,
+                format,
+                &mut out,
+                &mut err,
+            )
+        }
+        Command::Logs {
+            job,
+            interval,
+            step,
+            follow,
+        } => commands::run::logs(
+            project,
+            &job,
+            &interval,
+            step.as_deref(),
+            follow,
+            &mut out,
+            &mut err,
+        ),
+        Command::Clear {
+            job,
+            from,
+            to,
+            steps,
+            downstream,
+        } => commands::run::clear(
+            project, &job, &from, &to, &steps, downstream, &mut out, &mut err,
+        ),
     };
     ExitCode::from(code as u8)
 }

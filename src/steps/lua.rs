@@ -7,8 +7,14 @@
 
 use serde::Deserialize;
 
-use super::{CheckCx, Step, TextOrigin};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::runtime::ProjectDb;
+use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput, TextOrigin};
 use crate::config::ByteSize;
+use crate::lua_runtime::{self, Limits, LogLevel, LuaError, ScriptContext};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,9 +40,94 @@ pub struct LuaStep {
     pub connections: Option<Vec<String>>,
 }
 
+impl LuaStep {
+    async fn execute(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
+        let (name, code) = match (&self.file, &self.code) {
+            (Some(f), _) => (f.clone(), cx.read_file(f)?),
+            (None, Some(c)) => (
+                format!("{}:{}", cx.job().source.rel.display(), cx.spec().id),
+                c.clone(),
+            ),
+            (None, None) => {
+                return Err(StepError::config("the step has neither `file` nor `code`"))
+            }
+        };
+        let code = if self.template {
+            cx.render(&name, &code, None)?
+        } else {
+            code
+        };
+        let tz = cx.job().timezone;
+        let ctx = ScriptContext {
+            job: cx.job().name.clone(),
+            step: cx.spec().id.clone(),
+            run_id: cx.vars.run_id.clone(),
+            interval_start: cx.interval.start_local(tz).to_rfc3339(),
+            interval_end: cx.interval.end_local(tz).to_rfc3339(),
+            ds: cx.interval.start_local(tz).format("%Y-%m-%d").to_string(),
+            params: cx.job().params.clone(),
+            upstream: cx.vars.steps.clone(),
+        };
+        let db = Arc::new(ProjectDb::new(
+            cx.project.clone(),
+            self.connections.clone(),
+            cx.deadline,
+            cx.cancel.clone(),
+        ));
+        let mut limits = Limits::default();
+        if let Some(m) = self.memory_limit {
+            limits.memory_bytes = usize::try_from(m.0).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.instruction_limit {
+            limits.instructions = n;
+        }
+        let result = lua_runtime::run_script(
+            &code,
+            &name,
+            &ctx,
+            db,
+            limits,
+            cx.deadline,
+            cx.cancel.clone(),
+        )
+        .await;
+        match result {
+            Ok(outcome) => {
+                for (level, msg) in &outcome.logs {
+                    let level = match level {
+                        LogLevel::Debug => crate::engine::logs::Level::Debug,
+                        LogLevel::Info => crate::engine::logs::Level::Info,
+                        LogLevel::Warn => crate::engine::logs::Level::Warn,
+                        LogLevel::Error => crate::engine::logs::Level::Error,
+                    };
+                    cx.log.log(level, msg);
+                }
+                Ok(StepOutput {
+                    outputs: outcome.outputs,
+                    ..StepOutput::default()
+                })
+            }
+            Err(e) => {
+                let class = match &e {
+                    LuaError::Script { .. } => ErrorClass::Data,
+                    LuaError::Timeout => ErrorClass::Timeout,
+                    LuaError::Cancelled => ErrorClass::Cancelled,
+                    LuaError::Database { .. } => ErrorClass::External,
+                    _ => ErrorClass::Config,
+                };
+                Err(StepError::new(class, e.to_string()))
+            }
+        }
+    }
+}
+
 impl Step for LuaStep {
     fn kind(&self) -> &'static str {
         "lua"
+    }
+
+    fn run<'a>(&'a self, cx: &'a RunCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
+        Box::pin(self.execute(cx))
     }
 
     fn check(&self, cx: &mut CheckCx<'_>) {

@@ -21,9 +21,12 @@ pub mod kafka_to_s3;
 pub mod lua;
 pub mod mysql_to_s3;
 pub mod noop;
+pub mod runtime;
 pub mod s3_to_redshift;
 pub mod sql_step;
 pub mod validate;
+
+pub use runtime::{ErrorClass, RunCx, StepError, StepOutput};
 
 /// What every step kind implements.
 pub trait Step: fmt::Debug + Send + Sync {
@@ -31,6 +34,23 @@ pub trait Step: fmt::Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     /// Validate references, templates and SQL, and record lineage. Pure apart from reading project files.
     fn check(&self, cx: &mut CheckCx<'_>);
+    /// Run one attempt for one interval. Honours `cx.deadline` and `cx.cancel`.
+    fn run<'a>(
+        &'a self,
+        cx: &'a RunCx,
+    ) -> futures::future::BoxFuture<'a, Result<StepOutput, StepError>>;
+}
+
+/// The error of a kind whose execution arrives with a later release.
+pub fn not_runnable_yet<'a>(
+    kind: &'static str,
+    what: &'static str,
+) -> futures::future::BoxFuture<'a, Result<StepOutput, StepError>> {
+    Box::pin(async move {
+        Err(StepError::config(format!(
+            "{kind} steps are checked but cannot run yet in this version of cranium ({what}); run the job with --steps to select the steps that can"
+        )))
+    })
 }
 
 /// A step's kind-specific configuration.

@@ -14,4 +14,19 @@ impl Step for NoopStep {
     }
 
     fn check(&self, _cx: &mut CheckCx<'_>) {}
+
+    fn run<'a>(
+        &'a self,
+        cx: &'a super::RunCx,
+    ) -> futures::future::BoxFuture<'a, Result<super::StepOutput, super::StepError>> {
+        Box::pin(async move {
+            if cx.cancel.is_cancelled() {
+                return Err(super::StepError::new(
+                    super::ErrorClass::Cancelled,
+                    "cancelled",
+                ));
+            }
+            Ok(super::StepOutput::default())
+        })
+    }
 }

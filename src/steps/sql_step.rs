@@ -5,8 +5,13 @@
 
 use serde::Deserialize;
 
-use super::{CheckCx, Step, TextOrigin};
+use futures::future::BoxFuture;
+
+use super::runtime::database_target;
+use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput, TextOrigin};
 use crate::config::ConnectionKind;
+use crate::db::DbError;
+use crate::sql;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +35,100 @@ fn yes() -> bool {
 }
 
 impl SqlStep {
+    /// Render, split and run the script; one transaction unless `transaction: false`.
+    async fn execute(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
+        let (name, source) = match (&self.file, &self.query) {
+            (Some(f), _) => (f.clone(), cx.read_file(f)?),
+            (None, Some(q)) => (
+                format!(
+                    "{} (step {} query)",
+                    cx.job().source.rel.display(),
+                    cx.spec().id
+                ),
+                q.clone(),
+            ),
+            (None, None) => {
+                return Err(StepError::config("the step has neither `file` nor `query`"))
+            }
+        };
+        let (_, _, dialect, _) = database_target(&cx.project, &self.connection)?;
+        let rendered = cx.render(&name, &source, Some(dialect))?;
+        let statements = sql::split_statements(dialect, &rendered).map_err(|e| {
+            let (line, col) = sql::map_to_source(&source, &rendered, e.line, e.col);
+            StepError::config(format!("{name}:{line}:{col}: {}", e.message))
+        })?;
+        if statements.is_empty() {
+            cx.log.warn("the SQL has no statements");
+            return Ok(StepOutput::default());
+        }
+        let (mut client, _) = cx.connect(&self.connection).await?;
+        cx.log.info(&format!(
+            "running {} statement(s) from {name} on '{}'{}",
+            statements.len(),
+            self.connection,
+            if self.transaction {
+                " in one transaction"
+            } else {
+                ""
+            }
+        ));
+        match client
+            .run_script(&statements, self.transaction, cx.deadline, &cx.cancel)
+            .await
+        {
+            Ok(outcomes) => {
+                let mut total: i64 = 0;
+                for (i, (s, o)) in statements.iter().zip(&outcomes).enumerate() {
+                    let (line, _) = sql::map_to_source(&source, &rendered, s.line, s.col);
+                    cx.log.info(&format!(
+                        "statement {} ({name}:{line}): {} row(s)",
+                        i + 1,
+                        o.rows_affected
+                    ));
+                    total = total.saturating_add(o.rows_affected as i64);
+                }
+                let mut out = StepOutput {
+                    rows_affected: Some(total),
+                    ..StepOutput::default()
+                };
+                out.outputs.insert("rows_affected".into(), total.into());
+                Ok(out)
+            }
+            Err(DbError::Statement {
+                statement,
+                code,
+                message,
+            }) => {
+                let s = statements.get(statement);
+                let line = s
+                    .map(|s| sql::map_to_source(&source, &rendered, s.line, s.col).0)
+                    .unwrap_or(1);
+                let text = s
+                    .map(|s| s.text.trim().lines().next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                let class = match &code {
+                    Some(c) if c.starts_with("42") => ErrorClass::Config,
+                    _ => ErrorClass::Data,
+                };
+                let code = code.map(|c| format!("[{c}] ")).unwrap_or_default();
+                let undone = if self.transaction {
+                    "; the transaction was rolled back, nothing was applied"
+                } else {
+                    ""
+                };
+                Err(StepError::new(
+                    class,
+                    format!(
+                        "statement {} of {} ({name}:{line}) failed: {code}{message}{undone}\n    {text}",
+                        statement + 1,
+                        statements.len()
+                    ),
+                ))
+            }
+            Err(e) => Err(StepError::from_db(e)),
+        }
+    }
+
     /// Where the SQL text comes from.
     pub fn origin(&self, cx: &CheckCx<'_>) -> TextOrigin {
         match &self.file {
@@ -42,6 +141,10 @@ impl SqlStep {
 impl Step for SqlStep {
     fn kind(&self) -> &'static str {
         "sql"
+    }
+
+    fn run<'a>(&'a self, cx: &'a RunCx) -> BoxFuture<'a, Result<StepOutput, StepError>> {
+        Box::pin(self.execute(cx))
     }
 
     fn check(&self, cx: &mut CheckCx<'_>) {

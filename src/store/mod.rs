@@ -173,7 +173,7 @@ pub enum StoreError {
     #[error("store migration: {0}")]
     Migration(String),
     /// The `state:` URL is not `sqlite://PATH` or `postgres://...`, or has a bad parameter.
-    #[error("bad store url '{0}'")]
+    #[error("bad store url {0}")]
     BadUrl(String),
     /// A stored value that cannot be read back (unknown state name, bad time, bad JSON).
     #[error("corrupt value in the store: {0}")]
@@ -364,7 +364,7 @@ impl Store {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(StoreError::BadUrl(format!(
-                    "{url}': expected sqlite://PATH, e.g. sqlite://.cranium/state.db"
+                    "'{url}': expected sqlite://PATH, e.g. sqlite://.cranium/state.db"
                 )));
             }
             let path = Path::new(path);
@@ -378,8 +378,8 @@ impl Store {
             Ok(Store::Postgres(postgres::PgStore::open(url).await?))
         } else {
             Err(StoreError::BadUrl(format!(
-                "{}': expected sqlite://PATH or postgres://USER@HOST/DB[?schema=NAME]",
-                crate_redact(url)
+                "'{}': expected sqlite://PATH or postgres://USER@HOST/DB[?schema=NAME]",
+                redact_url(url)
             )))
         }
     }
@@ -402,7 +402,8 @@ impl Store {
         dispatch!(self.create_run(job, interval, trigger))
     }
 
-    /// Running sets started_at (and the heartbeat); Success/Failed set ended_at.
+    /// Running sets started_at and the heartbeat (and clears ended_at, for a run started
+    /// again); Success/Failed set ended_at. Errors with `NotFound` for an unknown run.
     pub async fn set_run_state(&self, run_id: i64, state: RunState) -> Result<(), StoreError> {
         dispatch!(self.set_run_state(run_id, state))
     }
@@ -505,15 +506,33 @@ impl Store {
     }
 
     /// Runs left Running with no heartbeat for `stale_after` (the process died): marks them
-    /// Failed, and their Running (and UpForRetry) step records and Running attempts Failed with
-    /// the error [`INTERRUPTED`]. Returns how many runs.
+    /// Failed and their Running attempts Failed with the error [`INTERRUPTED`], and puts their
+    /// Running (and UpForRetry) step records back to Pending: an interruption is not a failure of
+    /// the step, so the next run or backfill runs it again. Returns how many runs.
     pub async fn recover_stale(&self, stale_after: std::time::Duration) -> Result<u64, StoreError> {
         dispatch!(self.recover_stale(stale_after))
     }
 }
 
+/// Range bounds clamped to the years 0000-9999 that both backends store and order correctly
+/// (so `DateTime::<Utc>::MIN_UTC..MAX_UTC` means "everything").
+fn clamp_bound(t: DateTime<Utc>) -> DateTime<Utc> {
+    let min = DateTime::<Utc>::from_timestamp(-62_167_219_200, 0); // 0000-01-01T00:00:00Z
+    let max = DateTime::<Utc>::from_timestamp(253_402_300_799, 999_999_000); // 9999-12-31T23:59:59.999999Z
+    match (min, max) {
+        (Some(min), Some(max)) => t.clamp(min, max),
+        _ => t,
+    }
+}
+
+/// `stale_after` as a chrono duration, capped at 100 years (longer means "never stale").
+fn stale_duration(stale_after: std::time::Duration) -> chrono::TimeDelta {
+    const CAP: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 24 * 3600);
+    chrono::TimeDelta::from_std(stale_after.min(CAP)).unwrap_or(chrono::TimeDelta::MAX)
+}
+
 /// `url` with any password replaced by `***`, for error messages.
-fn crate_redact(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     // scheme://user:password@host...
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
@@ -533,8 +552,6 @@ fn crate_redact(url: &str) -> String {
     }
     url.to_string()
 }
-
-pub(crate) use crate_redact as redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -569,7 +586,12 @@ mod tests {
     #[test]
     fn newer_store_is_refused() {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
-        assert_eq!(pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(), 1);
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap().is_empty());
+        assert_eq!(
+            pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
+            1
+        );
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 1, "x")
+            .unwrap()
+            .is_empty());
     }
 }

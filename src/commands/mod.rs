@@ -15,10 +15,27 @@ use crate::dag::{self, GraphFormat};
 use crate::project;
 use crate::schedule;
 
+pub mod run;
+
 /// Exit codes.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+
+/// Set up `tracing` on standard error: warnings only, or step logs too with `--verbose` (RUST_LOG
+/// overrides), as text or JSON lines.
+pub fn init_logging(format: crate::engine::logs::LogFormat, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if verbose { "info" } else { "warn" }));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::engine::logs::LogFormat::Json => builder.json().try_init(),
+        crate::engine::logs::LogFormat::Text => builder.try_init(),
+    };
+}
 
 /// Output format for `check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +62,7 @@ pub fn resolve_root(project: Option<&Path>) -> Result<PathBuf, project::ProjectE
     }
 }
 
-fn load(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked, i32> {
+pub(crate) fn load(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked, i32> {
     let root = resolve_root(project).map_err(|e| {
         let _ = writeln!(err, "error: {e}");
         EXIT_USAGE

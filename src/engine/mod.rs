@@ -1,0 +1,956 @@
+//! The run engine: runs the steps of one job for one logical interval, and backfills ranges.
+//!
+//! A run selects steps (all, or `--steps` globs, with `--downstream`), skips those whose record for the
+//! interval already says success, and runs the rest concurrently as their dependencies finish, up to the
+//! parallelism limit. A failed step marks everything downstream `upstream_failed` while independent
+//! branches go on. Every state change goes through [`state::transition`] and is persisted before the
+//! engine moves on, so an interrupted run can be resumed: the store's per-step interval record is the
+//! source of truth for what is done.
+
+pub mod deps;
+pub mod logs;
+pub mod retry;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::dag::ProjectGraph;
+use crate::project::{Job, Project};
+use crate::schedule::Interval;
+use crate::steps::{ErrorClass, RunCx, StepError, StepOutput};
+use crate::store::{AttemptResult, RunState, StepState, Store, StoreError, Trigger};
+use crate::template::{Renderer, TemplateVars};
+use logs::{AttemptLog, LogFormat};
+
+/// Errors that stop a run or backfill from starting or continuing (step failures are not errors: they
+/// are recorded and reported).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown job '{0}'")]
+    UnknownJob(String),
+    #[error(
+        "job '{0}' cannot run: its schedule, time zone or start is invalid (run `cranium check`)"
+    )]
+    NotRunnable(String),
+    #[error("--steps '{pattern}': {message}")]
+    BadSelection { pattern: String, message: String },
+    #[error("--steps {patterns:?} matches no step of job '{job}' (steps: {steps})")]
+    EmptySelection {
+        job: String,
+        patterns: Vec<String>,
+        steps: String,
+    },
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("illegal state change for step '{step}': {source}")]
+    State {
+        step: String,
+        source: state::IllegalTransition,
+    },
+}
+
+/// Which already-finished steps and intervals to run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rerun {
+    /// Only what never ran or was cleared (default).
+    #[default]
+    None,
+    /// Also intervals with failed steps (their succeeded steps are still skipped).
+    Failed,
+    /// Everything selected, including steps that succeeded.
+    All,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Glob patterns over step ids; empty = every step.
+    pub steps: Vec<String>,
+    /// Also select everything downstream (within the job) of the selected steps.
+    pub downstream: bool,
+    /// Steps running at once.
+    pub parallelism: usize,
+    pub trigger: Trigger,
+    pub rerun: Rerun,
+    /// How long to wait for cross-job upstream intervals to succeed before giving up on a step.
+    pub upstream_wait: Duration,
+    /// Treat steps that are not selected, and cross-job dependencies, as satisfied (for development:
+    /// rerun one step without its upstream).
+    pub ignore_upstream: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            steps: Vec::new(),
+            downstream: false,
+            parallelism: 8,
+            trigger: Trigger::Manual,
+            rerun: Rerun::None,
+            upstream_wait: Duration::ZERO,
+            ignore_upstream: false,
+        }
+    }
+}
+
+/// What happened to one step in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub step: String,
+    pub state: StepState,
+    pub attempts: u32,
+    pub duration: Duration,
+    pub rows_affected: Option<i64>,
+    pub error: Option<String>,
+    /// True when the step was not run because it had already succeeded for this interval.
+    pub already_done: bool,
+}
+
+/// What happened in one run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub job: String,
+    pub interval: Interval,
+    pub state: RunState,
+    pub steps: Vec<StepReport>,
+    pub duration: Duration,
+}
+
+impl RunReport {
+    pub fn succeeded(&self) -> bool {
+        self.state == RunState::Success
+    }
+}
+
+/// The engine: a checked project, its graph, and the metadata store.
+#[derive(Clone)]
+pub struct Engine {
+    pub project: Arc<Project>,
+    pub graph: Arc<ProjectGraph>,
+    pub store: Store,
+    pub renderer: Arc<Renderer>,
+    pub log_format: LogFormat,
+    /// How often a running run records that it is alive.
+    pub heartbeat_every: Duration,
+}
+
+/// Step outputs, as templates read them.
+type Outputs = serde_json::Map<String, serde_json::Value>;
+/// A step's upstream: indexes of steps in its job, and (job, step) pairs in other jobs.
+type Upstream = (Vec<usize>, Vec<(String, String)>);
+
+/// The state of one step inside a run.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Not selected: satisfied only if its record says success.
+    External {
+        ok: bool,
+    },
+    /// Selected but already succeeded for this interval.
+    Done,
+    Pending,
+    Running,
+    Finished(StepState),
+}
+
+impl Engine {
+    pub fn new(project: Arc<Project>, graph: Arc<ProjectGraph>, store: Store) -> Engine {
+        Engine {
+            project,
+            graph,
+            store,
+            renderer: Arc::new(Renderer::new()),
+            log_format: LogFormat::Text,
+            heartbeat_every: Duration::from_secs(5),
+        }
+    }
+
+    fn job_index(&self, job: &str) -> Result<usize, EngineError> {
+        let i = self
+            .project
+            .jobs
+            .iter()
+            .position(|j| j.name == job)
+            .ok_or_else(|| EngineError::UnknownJob(job.to_string()))?;
+        if !self.project.jobs[i].runnable {
+            return Err(EngineError::NotRunnable(job.to_string()));
+        }
+        Ok(i)
+    }
+
+    /// Which steps of the job the options select (by index).
+    pub fn select(&self, job: &Job, opts: &RunOptions) -> Result<Vec<bool>, EngineError> {
+        if opts.steps.is_empty() {
+            return Ok(vec![true; job.steps.len()]);
+        }
+        let set = glob_set(&opts.steps)?;
+        let mut selected: Vec<bool> = job.steps.iter().map(|s| set.is_match(&s.id)).collect();
+        if !selected.iter().any(|b| *b) {
+            return Err(EngineError::EmptySelection {
+                job: job.name.clone(),
+                patterns: opts.steps.clone(),
+                steps: job
+                    .steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if opts.downstream {
+            // Everything reachable within the job from a selected step.
+            let mut stack: Vec<usize> = (0..job.steps.len()).filter(|i| selected[*i]).collect();
+            while let Some(i) = stack.pop() {
+                let Some(n) = self.graph.node(&job.name, &job.steps[i].id) else {
+                    continue;
+                };
+                for m in self.graph.graph.neighbors_directed(n, Direction::Outgoing) {
+                    let id = &self.graph.graph[m];
+                    if id.job != job.name {
+                        continue;
+                    }
+                    if let Some(j) = job.steps.iter().position(|s| s.id == id.step) {
+                        if !selected[j] {
+                            selected[j] = true;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(selected)
+    }
+
+    /// Upstream steps of step `i` within its job (indexes), and cross-job upstream (job, step) pairs.
+    fn upstream_of(&self, job: &Job, i: usize) -> (Vec<usize>, Vec<(String, String)>) {
+        let mut within = Vec::new();
+        let mut cross = Vec::new();
+        if let Some(n) = self.graph.node(&job.name, &job.steps[i].id) {
+            for e in self.graph.graph.edges_directed(n, Direction::Incoming) {
+                let u = &self.graph.graph[e.source()];
+                if u.job == job.name {
+                    if let Some(j) = job.steps.iter().position(|s| s.id == u.step) {
+                        within.push(j);
+                    }
+                } else {
+                    cross.push((u.job.clone(), u.step.clone()));
+                }
+            }
+        }
+        within.sort_unstable();
+        cross.sort();
+        (within, cross)
+    }
+
+    /// Whether every upstream interval of a cross-job dependency has succeeded.
+    async fn cross_job_ready(
+        &self,
+        dep_job: &str,
+        dep_step: &str,
+        interval: Interval,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(up) = self.project.job(dep_job) else {
+            return Ok(Some(format!("unknown job '{dep_job}'")));
+        };
+        for ui in deps::upstream_intervals(&up.calendar, interval) {
+            let rec = self.store.step_state(dep_job, dep_step, ui.start).await?;
+            if rec.as_ref().map(|r| r.state) != Some(StepState::Success) {
+                return Ok(Some(format!(
+                    "upstream {dep_job}.{dep_step} has not succeeded for its interval starting {} (state: {})",
+                    ui.start_local(up.timezone).format("%Y-%m-%d %H:%M %Z"),
+                    rec.map(|r| r.state.as_str().to_string()).unwrap_or_else(|| "never ran".into())
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Run the selected steps of `job` for one interval.
+    pub async fn run_interval(
+        &self,
+        job_name: &str,
+        interval: Interval,
+        opts: &RunOptions,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
+        let started = Instant::now();
+        let ji = self.job_index(job_name)?;
+        let job = &self.project.jobs[ji];
+        let selected = self.select(job, opts)?;
+        let records: HashMap<String, crate::store::StepIntervalRecord> = self
+            .store
+            .step_states(job_name, interval.start, interval.end)
+            .await?
+            .into_iter()
+            .filter(|r| r.interval.start == interval.start)
+            .map(|r| (r.step.clone(), r))
+            .collect();
+
+        let run_id = self
+            .store
+            .create_run(job_name, interval, opts.trigger)
+            .await?;
+        self.store.set_run_state(run_id, RunState::Running).await?;
+        let heartbeat = {
+            let store = self.store.clone();
+            let every = self.heartbeat_every;
+            let stop = cancel.child_token();
+            let guard = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {
+                            let _ = store.heartbeat(run_id).await;
+                        }
+                    }
+                }
+            });
+            guard
+        };
+
+        let n = job.steps.len();
+        let mut slots: Vec<Slot> = Vec::with_capacity(n);
+        let mut outputs: HashMap<usize, serde_json::Map<String, serde_json::Value>> =
+            HashMap::new();
+        let mut reports: BTreeMap<usize, StepReport> = BTreeMap::new();
+        for (i, s) in job.steps.iter().enumerate() {
+            let rec = records.get(&s.id);
+            let succeeded = rec.is_some_and(|r| r.state == StepState::Success);
+            if succeeded {
+                if let Some(serde_json::Value::Object(m)) = rec.map(|r| r.outputs.clone()) {
+                    outputs.insert(i, m);
+                }
+            }
+            let slot = if !selected[i] {
+                Slot::External {
+                    ok: succeeded || opts.ignore_upstream,
+                }
+            } else if succeeded && opts.rerun != Rerun::All {
+                reports.insert(
+                    i,
+                    StepReport {
+                        step: s.id.clone(),
+                        state: StepState::Success,
+                        attempts: 0,
+                        duration: Duration::ZERO,
+                        rows_affected: None,
+                        error: None,
+                        already_done: true,
+                    },
+                );
+                Slot::Done
+            } else {
+                self.store
+                    .set_step_state(
+                        run_id,
+                        job_name,
+                        &s.id,
+                        interval,
+                        StepState::Pending,
+                        0,
+                        None,
+                    )
+                    .await?;
+                Slot::Pending
+            };
+            slots.push(slot);
+        }
+
+        let upstream: Vec<Upstream> = (0..n).map(|i| self.upstream_of(job, i)).collect();
+        let mut tasks: JoinSet<(usize, StepReport, Option<Outputs>)> = JoinSet::new();
+        let parallelism = opts.parallelism.max(1);
+        let mut cross_checked: HashMap<usize, Instant> = HashMap::new();
+
+        loop {
+            // Settle every pending step whose fate is known, and start those that are ready.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for i in 0..n {
+                    if !matches!(slots[i], Slot::Pending) {
+                        continue;
+                    }
+                    let (within, cross) = &upstream[i];
+                    let mut blocked_by: Option<String> = None;
+                    let mut waiting = false;
+                    for &u in within {
+                        match &slots[u] {
+                            Slot::Done | Slot::Finished(StepState::Success) => {}
+                            Slot::External { ok: true } => {}
+                            Slot::External { ok: false } => {
+                                blocked_by = Some(format!(
+                                    "upstream step '{}' has not succeeded for this interval and is not selected (add it to --steps)",
+                                    job.steps[u].id
+                                ));
+                            }
+                            Slot::Finished(_) => {
+                                blocked_by = Some(format!(
+                                    "upstream step '{}' did not succeed",
+                                    job.steps[u].id
+                                ));
+                            }
+                            Slot::Pending | Slot::Running => waiting = true,
+                        }
+                    }
+                    if cancel.is_cancelled() {
+                        // Leave it pending: a resumed run picks it up.
+                        continue;
+                    }
+                    if blocked_by.is_none()
+                        && !waiting
+                        && !cross.is_empty()
+                        && !opts.ignore_upstream
+                    {
+                        let mut unmet = None;
+                        for (dj, ds) in cross {
+                            if let Some(why) = self.cross_job_ready(dj, ds, interval).await? {
+                                unmet = Some(why);
+                                break;
+                            }
+                        }
+                        if let Some(why) = unmet {
+                            let first = *cross_checked.entry(i).or_insert_with(Instant::now);
+                            if first.elapsed() >= opts.upstream_wait {
+                                blocked_by = Some(why);
+                            } else {
+                                waiting = true;
+                            }
+                        }
+                    }
+                    if let Some(why) = blocked_by {
+                        let s = &job.steps[i];
+                        self.persist(
+                            run_id,
+                            job_name,
+                            &s.id,
+                            interval,
+                            StepState::Pending,
+                            StepState::UpstreamFailed,
+                            0,
+                            None,
+                        )
+                        .await?;
+                        slots[i] = Slot::Finished(StepState::UpstreamFailed);
+                        reports.insert(
+                            i,
+                            StepReport {
+                                step: s.id.clone(),
+                                state: StepState::UpstreamFailed,
+                                attempts: 0,
+                                duration: Duration::ZERO,
+                                rows_affected: None,
+                                error: Some(why),
+                                already_done: false,
+                            },
+                        );
+                        progressed = true;
+                        continue;
+                    }
+                    if waiting || tasks.len() >= parallelism {
+                        continue;
+                    }
+                    slots[i] = Slot::Running;
+                    progressed = true;
+                    let mut steps_vars = serde_json::Map::new();
+                    for &u in within {
+                        let outs = outputs.get(&u).cloned().unwrap_or_default();
+                        steps_vars.insert(
+                            job.steps[u].id.clone(),
+                            serde_json::json!({ "outputs": outs }),
+                        );
+                    }
+                    let engine = self.clone();
+                    let cancel = cancel.clone();
+                    let job_name = job_name.to_string();
+                    tasks.spawn(async move {
+                        let (report, outs) = engine
+                            .run_step(ji, i, &job_name, interval, run_id, steps_vars, cancel)
+                            .await;
+                        (i, report, outs)
+                    });
+                }
+            }
+
+            if tasks.is_empty() {
+                let waiting_cross =
+                    (0..n).any(|i| matches!(slots[i], Slot::Pending)) && !cancel.is_cancelled();
+                if !waiting_cross {
+                    break;
+                }
+                // Only cross-job waits remain: poll the store again shortly.
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                continue;
+            };
+            match joined {
+                Ok((i, report, outs)) => {
+                    slots[i] = Slot::Finished(report.state);
+                    if let Some(o) = outs {
+                        outputs.insert(i, o);
+                    }
+                    reports.insert(i, report);
+                }
+                Err(e) => {
+                    // A panic inside a step is a bug; the step's record stays running and the run fails.
+                    tracing::error!(job = job_name, "a step task failed: {e}");
+                    return Err(EngineError::Store(StoreError::Corrupt(format!(
+                        "step task failed: {e}"
+                    ))));
+                }
+            }
+        }
+
+        let all_ok = (0..n).all(|i| match &slots[i] {
+            Slot::External { .. } | Slot::Done => true,
+            Slot::Finished(s) => *s == StepState::Success,
+            Slot::Pending | Slot::Running => false,
+        });
+        let state = if all_ok {
+            RunState::Success
+        } else {
+            RunState::Failed
+        };
+        self.store.set_run_state(run_id, state).await?;
+        heartbeat.cancel();
+        Ok(RunReport {
+            run_id,
+            job: job_name.to_string(),
+            interval,
+            state,
+            steps: reports.into_values().collect(),
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Persist a checked state change.
+    #[allow(clippy::too_many_arguments)]
+    async fn persist(
+        &self,
+        run_id: i64,
+        job: &str,
+        step: &str,
+        interval: Interval,
+        from: StepState,
+        to: StepState,
+        attempt: u32,
+        outputs: Option<&serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        state::transition(from, to).map_err(|source| EngineError::State {
+            step: step.to_string(),
+            source,
+        })?;
+        self.store
+            .set_step_state(run_id, job, step, interval, to, attempt, outputs)
+            .await?;
+        Ok(())
+    }
+
+    /// Run one step with its retries. Store errors end the step as failed (and are logged).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(
+        &self,
+        ji: usize,
+        si: usize,
+        job_name: &str,
+        interval: Interval,
+        run_id: i64,
+        steps_vars: serde_json::Map<String, serde_json::Value>,
+        cancel: CancellationToken,
+    ) -> (
+        StepReport,
+        Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
+        let started = Instant::now();
+        let job = &self.project.jobs[ji];
+        let spec = &job.steps[si];
+        let mut report = StepReport {
+            step: spec.id.clone(),
+            state: StepState::Failed,
+            attempts: 0,
+            duration: Duration::ZERO,
+            rows_affected: None,
+            error: None,
+            already_done: false,
+        };
+        match self
+            .attempts(
+                ji,
+                si,
+                job_name,
+                interval,
+                run_id,
+                steps_vars,
+                cancel,
+                &mut report,
+            )
+            .await
+        {
+            Ok(outs) => {
+                report.duration = started.elapsed();
+                (report, outs)
+            }
+            Err(e) => {
+                report.state = StepState::Failed;
+                report.error = Some(format!("metadata store: {e}"));
+                report.duration = started.elapsed();
+                (report, None)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        ji: usize,
+        si: usize,
+        job_name: &str,
+        interval: Interval,
+        run_id: i64,
+        steps_vars: serde_json::Map<String, serde_json::Value>,
+        cancel: CancellationToken,
+        report: &mut StepReport,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, EngineError> {
+        let job = &self.project.jobs[ji];
+        let spec = &job.steps[si];
+        let mut from = StepState::Pending;
+        let max_attempts = spec.retry.retries.saturating_add(1);
+        for attempt in 1..=max_attempts {
+            report.attempts = attempt;
+            self.persist(
+                run_id,
+                job_name,
+                &spec.id,
+                interval,
+                from,
+                StepState::Running,
+                attempt,
+                None,
+            )
+            .await?;
+            let log = AttemptLog::create(
+                &self.project.root,
+                job_name,
+                &spec.id,
+                interval.start,
+                attempt,
+                run_id,
+                self.log_format,
+                self.project.redactor.clone(),
+            );
+            let log_path = log
+                .path()
+                .strip_prefix(&self.project.root)
+                .unwrap_or(log.path())
+                .display()
+                .to_string();
+            let attempt_id = self
+                .store
+                .begin_attempt(run_id, job_name, &spec.id, interval, attempt, &log_path)
+                .await?;
+            log.info(&format!(
+                "attempt {attempt} of {max_attempts}: {} step, interval {} .. {}",
+                spec.config.as_step().kind(),
+                interval.start_local(job.timezone).to_rfc3339(),
+                interval.end_local(job.timezone).to_rfc3339()
+            ));
+            let deadline = spec.timeout.map(|t| Instant::now() + t);
+            let cx = RunCx {
+                project: self.project.clone(),
+                job_index: ji,
+                step_index: si,
+                interval,
+                run_id,
+                attempt,
+                vars: TemplateVars {
+                    interval_start: interval.start,
+                    interval_end: interval.end,
+                    timezone: job.timezone,
+                    run_id: format!(
+                        "{job_name}__{}__{run_id}",
+                        interval.start.format("%Y%m%dT%H%M%SZ")
+                    ),
+                    job: job_name.to_string(),
+                    step: spec.id.clone(),
+                    params: job.params.clone(),
+                    steps: serde_json::Value::Object(steps_vars.clone()),
+                },
+                renderer: self.renderer.clone(),
+                deadline,
+                cancel: cancel.child_token(),
+                log: log.clone(),
+            };
+            let result = run_with_deadline(&cx, spec.timeout).await;
+            match result {
+                Ok(out) => {
+                    let outputs = serde_json::Value::Object(out.outputs.clone());
+                    self.store
+                        .finish_attempt(
+                            attempt_id,
+                            &AttemptResult {
+                                state: Some(StepState::Success),
+                                error: None,
+                                rows_affected: out.rows_affected,
+                                bytes: out.bytes,
+                                outputs: outputs.clone(),
+                            },
+                        )
+                        .await?;
+                    self.persist(
+                        run_id,
+                        job_name,
+                        &spec.id,
+                        interval,
+                        StepState::Running,
+                        StepState::Success,
+                        attempt,
+                        Some(&outputs),
+                    )
+                    .await?;
+                    log.info(&format!(
+                        "succeeded{}",
+                        out.rows_affected
+                            .map(|r| format!(": {r} row(s)"))
+                            .unwrap_or_default()
+                    ));
+                    report.state = StepState::Success;
+                    report.rows_affected = out.rows_affected;
+                    report.error = None;
+                    return Ok(Some(out.outputs));
+                }
+                Err(e) => {
+                    let message = self.project.redactor.redact(&e.message);
+                    let retry = e.retryable() && attempt < max_attempts && !cancel.is_cancelled();
+                    // An attempt stopped by a cancellation is not a failure of the step: its record goes
+                    // back to pending so that the next run (a resumed backfill) runs it again.
+                    let interrupted = cancel.is_cancelled();
+                    let to = if retry {
+                        StepState::UpForRetry
+                    } else if interrupted {
+                        StepState::Pending
+                    } else {
+                        StepState::Failed
+                    };
+                    log.error(&format!("failed: {message}"));
+                    self.store
+                        .finish_attempt(
+                            attempt_id,
+                            &AttemptResult {
+                                state: Some(to),
+                                error: Some(message.clone()),
+                                rows_affected: None,
+                                bytes: None,
+                                outputs: serde_json::Value::Object(Default::default()),
+                            },
+                        )
+                        .await?;
+                    self.persist(
+                        run_id,
+                        job_name,
+                        &spec.id,
+                        interval,
+                        StepState::Running,
+                        to,
+                        attempt,
+                        None,
+                    )
+                    .await?;
+                    report.error = Some(message);
+                    if interrupted {
+                        report.state = StepState::Pending;
+                        return Ok(None);
+                    }
+                    if !retry {
+                        if !e.retryable()
+                            && attempt < max_attempts
+                            && e.class != ErrorClass::Cancelled
+                        {
+                            log.info("not retried: a retry cannot fix this error");
+                        }
+                        report.state = StepState::Failed;
+                        return Ok(None);
+                    }
+                    let wait = retry::delay(spec.retry.delay, spec.retry.backoff, attempt);
+                    log.info(&format!("retrying in {:.1}s", wait.as_secs_f64()));
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            self.persist(run_id, job_name, &spec.id, interval, StepState::UpForRetry, StepState::Pending, attempt, None).await?;
+                            report.state = StepState::Pending;
+                            return Ok(None);
+                        }
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    from = StepState::UpForRetry;
+                }
+            }
+        }
+        report.state = StepState::Failed;
+        Ok(None)
+    }
+
+    /// Decide which intervals of a backfill to run.
+    pub async fn plan_backfill(
+        &self,
+        job_name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        opts: &RunOptions,
+    ) -> Result<BackfillPlan, EngineError> {
+        let ji = self.job_index(job_name)?;
+        let job = &self.project.jobs[ji];
+        let selected = self.select(job, opts)?;
+        let intervals = job.calendar.intervals(from, to);
+        let mut by_interval: HashMap<DateTime<Utc>, HashMap<String, StepState>> = HashMap::new();
+        if let (Some(first), Some(last)) = (intervals.first(), intervals.last()) {
+            for r in self
+                .store
+                .step_states(job_name, first.start, last.end)
+                .await?
+            {
+                by_interval
+                    .entry(r.interval.start)
+                    .or_default()
+                    .insert(r.step, r.state);
+            }
+        }
+        let mut plan = BackfillPlan::default();
+        for iv in intervals {
+            let states = by_interval.get(&iv.start);
+            let steps: Vec<(String, Option<StepState>)> = job
+                .steps
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| selected[*i])
+                .map(|(_, s)| (s.id.clone(), states.and_then(|m| m.get(&s.id).copied())))
+                .collect();
+            let complete = steps.iter().all(|(_, s)| *s == Some(StepState::Success));
+            let failed = steps
+                .iter()
+                .any(|(_, s)| matches!(s, Some(StepState::Failed | StepState::UpstreamFailed)));
+            let run = match opts.rerun {
+                Rerun::All => true,
+                Rerun::Failed => !complete,
+                Rerun::None => !complete && !failed,
+            };
+            if run {
+                let to_run: Vec<String> = steps
+                    .iter()
+                    .filter(|(_, s)| opts.rerun == Rerun::All || *s != Some(StepState::Success))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                plan.run.push((iv, to_run));
+            } else if complete {
+                plan.complete.push(iv);
+            } else {
+                plan.failed_skipped.push(iv);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Run the planned intervals, oldest first, up to `max_active` at once. `on_done` sees each report.
+    pub async fn backfill(
+        &self,
+        job_name: &str,
+        plan: &BackfillPlan,
+        opts: &RunOptions,
+        max_active: usize,
+        cancel: CancellationToken,
+        on_done: &(dyn Fn(&RunReport) + Sync),
+    ) -> Result<Vec<RunReport>, EngineError> {
+        let mut reports = Vec::new();
+        let intervals: Vec<Interval> = plan.run.iter().map(|(iv, _)| *iv).collect();
+        let mut stream = futures::stream::iter(intervals)
+            .map(|iv| {
+                let cancel = cancel.clone();
+                async move {
+                    if cancel.is_cancelled() {
+                        return None;
+                    }
+                    Some(self.run_interval(job_name, iv, opts, cancel).await)
+                }
+            })
+            .buffered(max_active.max(1));
+        while let Some(r) = stream.next().await {
+            match r {
+                Some(Ok(rep)) => {
+                    on_done(&rep);
+                    reports.push(rep);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(reports)
+    }
+}
+
+/// A backfill's intervals: what will run (with the steps), and what is skipped.
+#[derive(Debug, Default, Clone)]
+pub struct BackfillPlan {
+    pub run: Vec<(Interval, Vec<String>)>,
+    pub complete: Vec<Interval>,
+    /// Intervals with failed steps that `--rerun failed` would run.
+    pub failed_skipped: Vec<Interval>,
+}
+
+/// Run the step's attempt; if it does not return within its timeout (plus a grace period for the
+/// server-side cancel), give up on it.
+async fn run_with_deadline(cx: &RunCx, timeout: Option<Duration>) -> Result<StepOutput, StepError> {
+    let fut = cx.spec().config.as_step().run(cx);
+    match timeout {
+        None => fut.await,
+        Some(t) => match tokio::time::timeout(t + Duration::from_secs(5), fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                cx.cancel.cancel();
+                Err(StepError::new(
+                    ErrorClass::Timeout,
+                    format!("timed out after {}", humantime::format_duration(t)),
+                ))
+            }
+        },
+    }
+}
+
+fn glob_set(patterns: &[String]) -> Result<GlobSet, EngineError> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g = Glob::new(p).map_err(|e| EngineError::BadSelection {
+            pattern: p.clone(),
+            message: e.to_string(),
+        })?;
+        b.add(g);
+    }
+    b.build().map_err(|e| EngineError::BadSelection {
+        pattern: patterns.join(","),
+        message: e.to_string(),
+    })
+}
+
+/// Steps that a selection names (for messages).
+pub fn selected_ids(job: &Job, selected: &[bool]) -> HashSet<String> {
+    job.steps
+        .iter()
+        .zip(selected)
+        .filter(|(_, s)| **s)
+        .map(|(st, _)| st.id.clone())
+        .collect()
+}

@@ -1,0 +1,322 @@
+//! What a step sees while it runs ([`RunCx`]), what it returns ([`StepOutput`]) and how it fails
+//! ([`StepError`], classified so the engine retries only what a retry can fix).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::project::DatabaseConnection;
+use crate::config::{Connection, ConnectionKind};
+use crate::db::{DbClient, DbError, DbKind};
+use crate::engine::logs::AttemptLog;
+use crate::project::{Job, Project, StepSpec};
+use crate::schedule::Interval;
+use crate::sql::Dialect;
+use crate::template::{Renderer, TemplateVars};
+
+/// Why a step failed, for the retry decision and for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The step's own definition is wrong (template, SQL syntax, sandbox violation, unsupported kind):
+    /// a retry cannot fix it, so none is made.
+    Config,
+    /// The server rejected a statement or the data (constraint, division by zero, bad value).
+    Data,
+    /// Something outside failed: connection refused, network, deadlock, serialization failure.
+    External,
+    /// The attempt ran past its `timeout` and was cancelled.
+    Timeout,
+    /// The run was cancelled (Ctrl-C, shutdown).
+    Cancelled,
+    /// A bug in cranium.
+    Internal,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> StepError {
+        StepError {
+            class,
+            message: message.into(),
+        }
+    }
+
+    pub fn config(message: impl Into<String>) -> StepError {
+        StepError::new(ErrorClass::Config, message)
+    }
+
+    pub fn external(message: impl Into<String>) -> StepError {
+        StepError::new(ErrorClass::External, message)
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn retryable(&self) -> bool {
+        !matches!(self.class, ErrorClass::Config | ErrorClass::Cancelled)
+    }
+
+    /// A database error, with the statement it came from when known.
+    pub fn from_db(e: DbError) -> StepError {
+        let class = match &e {
+            DbError::Connect { .. } => ErrorClass::External,
+            DbError::Statement { code, .. } => {
+                // SQLSTATE class 42: syntax error or access rule violation (a missing table, a typo).
+                if code.as_deref().is_some_and(|c| c.starts_with("42")) {
+                    ErrorClass::Config
+                } else if e.is_retryable() {
+                    ErrorClass::External
+                } else {
+                    ErrorClass::Data
+                }
+            }
+            DbError::Timeout { .. } => ErrorClass::Timeout,
+            DbError::Cancelled => ErrorClass::Cancelled,
+            DbError::Other(_) => ErrorClass::External,
+        };
+        StepError::new(class, e.to_string())
+    }
+}
+
+/// What a successful attempt reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutput {
+    pub rows_affected: Option<i64>,
+    pub bytes: Option<i64>,
+    /// Small values that downstream templates read as `steps.<id>.outputs.<name>`.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything a running step needs.
+pub struct RunCx {
+    pub project: Arc<Project>,
+    pub job_index: usize,
+    pub step_index: usize,
+    pub interval: Interval,
+    pub run_id: i64,
+    pub attempt: u32,
+    pub vars: TemplateVars,
+    pub renderer: Arc<Renderer>,
+    /// When the attempt's `timeout` runs out.
+    pub deadline: Option<Instant>,
+    pub cancel: CancellationToken,
+    pub log: AttemptLog,
+}
+
+impl RunCx {
+    pub fn job(&self) -> &Job {
+        &self.project.jobs[self.job_index]
+    }
+
+    pub fn spec(&self) -> &StepSpec {
+        &self.job().steps[self.step_index]
+    }
+
+    /// `job.step`, as messages name the step.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.job().name, self.spec().id)
+    }
+
+    /// Read a file named in the job file (relative to the project root).
+    pub fn read_file(&self, rel: &str) -> Result<String, StepError> {
+        std::fs::read_to_string(self.project.root.join(rel))
+            .map_err(|e| StepError::config(format!("cannot read {rel}: {e}")))
+    }
+
+    /// Render a template for this run.
+    pub fn render(
+        &self,
+        name: &str,
+        source: &str,
+        dialect: Option<Dialect>,
+    ) -> Result<String, StepError> {
+        self.renderer
+            .render(name, source, &self.vars, dialect)
+            .map_err(|e| {
+                let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                StepError::config(format!("template error in {name}{at}: {}", e.message))
+            })
+    }
+
+    /// Open the database connection `name`.
+    pub async fn connect(&self, name: &str) -> Result<(DbClient, Dialect), StepError> {
+        connect(&self.project, name).await
+    }
+}
+
+/// The URL and kind of a database connection.
+pub fn database_target(
+    project: &Project,
+    name: &str,
+) -> Result<(DbKind, String, Dialect, Duration), StepError> {
+    let Some(conn) = project.connections.get(name) else {
+        return Err(StepError::config(format!("unknown connection '{name}'")));
+    };
+    let Connection::Database(kind, d) = conn else {
+        return Err(StepError::config(format!(
+            "connection '{name}' is not a database"
+        )));
+    };
+    let (db_kind, dialect) = match kind {
+        ConnectionKind::Postgres => (DbKind::Postgres, Dialect::Postgres),
+        ConnectionKind::Redshift => (DbKind::Redshift, Dialect::Redshift),
+        ConnectionKind::Mysql => (DbKind::MySql, Dialect::MySql),
+        _ => {
+            return Err(StepError::config(format!(
+                "connection '{name}' is not a database"
+            )))
+        }
+    };
+    let timeout = d
+        .connect_timeout
+        .map(|t| t.0)
+        .unwrap_or(Duration::from_secs(10));
+    Ok((db_kind, database_url(*kind, d), dialect, timeout))
+}
+
+/// A connection's URL: `url` as written, or one built from its parts.
+pub fn database_url(kind: ConnectionKind, d: &DatabaseConnection) -> String {
+    if let Some(u) = &d.url {
+        return u.clone();
+    }
+    let scheme = if kind == ConnectionKind::Mysql {
+        "mysql"
+    } else {
+        "postgres"
+    };
+    let port = d.port.unwrap_or(match kind {
+        ConnectionKind::Mysql => 3306,
+        ConnectionKind::Redshift => 5439,
+        _ => 5432,
+    });
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let auth = match (&d.user, &d.password) {
+        (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+        (Some(u), None) => format!("{}@", enc(u)),
+        _ => String::new(),
+    };
+    format!(
+        "{scheme}://{auth}{}:{port}/{}",
+        d.host.as_deref().unwrap_or("127.0.0.1"),
+        d.database.as_deref().unwrap_or("")
+    )
+}
+
+/// Open a database connection by name.
+pub async fn connect(project: &Project, name: &str) -> Result<(DbClient, Dialect), StepError> {
+    let (kind, url, dialect, timeout) = database_target(project, name)?;
+    let client = DbClient::connect(kind, &url, timeout).await.map_err(|e| {
+        StepError::external(
+            project
+                .redactor
+                .redact(&format!("connection '{name}': {e}")),
+        )
+    })?;
+    Ok((client, dialect))
+}
+
+/// Database access for Lua scripts: one connection per name, opened on first use.
+pub struct ProjectDb {
+    pub project: Arc<Project>,
+    /// Connections the script may use; None = every database connection.
+    pub allowed: Option<Vec<String>>,
+    pub deadline: Option<Instant>,
+    pub cancel: CancellationToken,
+    clients: tokio::sync::Mutex<HashMap<String, DbClient>>,
+}
+
+impl ProjectDb {
+    pub fn new(
+        project: Arc<Project>,
+        allowed: Option<Vec<String>>,
+        deadline: Option<Instant>,
+        cancel: CancellationToken,
+    ) -> ProjectDb {
+        ProjectDb {
+            project,
+            allowed,
+            deadline,
+            cancel,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The open connection `name` (opened on first use), under the lock.
+    async fn client(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, DbClient>>, String> {
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|a| a == name) {
+                return Err(format!(
+                    "connection '{name}' is not in this step's `connections`"
+                ));
+            }
+        }
+        let mut clients = self.clients.lock().await;
+        if !clients.contains_key(name) {
+            let (c, _) = connect(&self.project, name).await.map_err(|e| e.message)?;
+            clients.insert(name.to_string(), c);
+        }
+        Ok(clients)
+    }
+
+    fn db_error(&self, e: DbError) -> String {
+        self.project.redactor.redact(&e.to_string())
+    }
+}
+
+impl crate::lua_runtime::LuaDb for ProjectDb {
+    fn query<'a>(
+        &'a self,
+        connection: &'a str,
+        sql: &'a str,
+        params: Vec<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<Vec<serde_json::Map<String, serde_json::Value>>, String>> {
+        Box::pin(async move {
+            let mut clients = self.client(connection).await?;
+            let c = clients
+                .get_mut(connection)
+                .ok_or_else(|| format!("connection '{connection}' is not open"))?;
+            c.query(sql, &params, self.deadline, &self.cancel)
+                .await
+                .map_err(|e| self.db_error(e))
+        })
+    }
+
+    fn execute<'a>(
+        &'a self,
+        connection: &'a str,
+        sql: &'a str,
+        params: Vec<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            let mut clients = self.client(connection).await?;
+            let c = clients
+                .get_mut(connection)
+                .ok_or_else(|| format!("connection '{connection}' is not open"))?;
+            c.execute(sql, &params, self.deadline, &self.cancel)
+                .await
+                .map_err(|e| self.db_error(e))
+        })
+    }
+}

@@ -1,0 +1,1196 @@
+//! The metadata store's test suite, run against both real backends.
+//!
+//! Why it exists: the engine relies on the SQLite and PostgreSQL stores behaving identically
+//! (the same records, orders, range boundaries and recovery rules), so every check here is one
+//! async fn run twice, as `sqlite::NAME` against a file in a temp folder and as `postgres::NAME`
+//! against the PostgreSQL server (`CRANIUM_TEST_POSTGRES`, default
+//! `postgres://postgres@127.0.0.1:5432/test`) in a fresh random schema that is dropped afterwards.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
+use cranium::schedule::Interval;
+use cranium::store::{
+    AttemptResult, RunFilter, RunState, StepState, Store, StoreError, Trigger, INTERRUPTED,
+};
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+fn pg_base_url() -> String {
+    std::env::var("CRANIUM_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A store under test plus what is needed to reopen it and reach it directly.
+struct Harness {
+    store: Store,
+    url: String,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+    pg_schema: Option<String>,
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = "sqlite://.cranium/state.db".to_string();
+        let store = Store::open(&url, dir.path()).await.expect("open sqlite");
+        assert_eq!(store.backend(), "sqlite");
+        Harness {
+            store,
+            url,
+            root: dir.path().to_path_buf(),
+            _dir: dir,
+            pg_schema: None,
+        }
+    }
+
+    async fn postgres() -> Harness {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = Utc::now().timestamp_subsec_nanos();
+        let schema = format!(
+            "cranium_test_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("{}?schema={schema}", pg_base_url());
+        let store = Store::open(&url, dir.path()).await.expect("open postgres");
+        assert_eq!(store.backend(), "postgres");
+        Harness {
+            store,
+            url,
+            root: dir.path().to_path_buf(),
+            _dir: dir,
+            pg_schema: Some(schema),
+        }
+    }
+
+    async fn reopen(&self) -> Result<Store, StoreError> {
+        Store::open(&self.url, &self.root).await
+    }
+
+    fn sqlite_path(&self) -> PathBuf {
+        self.root.join(".cranium/state.db")
+    }
+
+    /// Runs SQL on the store's database directly, around the store.
+    async fn raw_exec(&self, sql: &str) {
+        match &self.pg_schema {
+            None => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).expect("raw open");
+                conn.busy_timeout(Duration::from_secs(10)).expect("busy");
+                conn.execute_batch(sql).expect("raw exec");
+            }
+            Some(schema) => {
+                let client = pg_client().await;
+                client
+                    .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
+                    .await
+                    .expect("raw exec");
+            }
+        }
+    }
+
+    /// The first column of each row of `sql`, as text.
+    async fn raw_strings(&self, sql: &str) -> Vec<String> {
+        match &self.pg_schema {
+            None => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).expect("raw open");
+                let mut stmt = conn.prepare(sql).expect("prepare");
+                let rows = stmt
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .expect("query");
+                rows.collect::<Result<_, _>>().expect("rows")
+            }
+            Some(schema) => {
+                let client = pg_client().await;
+                client
+                    .batch_execute(&format!("SET search_path TO {schema}"))
+                    .await
+                    .expect("search_path");
+                let rows = client.query(sql, &[]).await.expect("query");
+                rows.iter().map(|r| r.get::<_, String>(0)).collect()
+            }
+        }
+    }
+}
+
+async fn pg_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Drop the test schema even when the test panicked: on a thread with its own runtime,
+        // since this may run inside the test's runtime.
+        if let Some(schema) = self.pg_schema.take() {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let client = pg_client().await;
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await
+                        .expect("drop test schema");
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Generates `sqlite::NAME` and `postgres::NAME` tests for each suite function.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::sqlite().await;
+                    super::$name(&h).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::postgres().await;
+                    super::$name(&h).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    migrations_are_idempotent,
+    newer_store_is_refused,
+    run_lifecycle,
+    step_state_upserts_keep_the_latest,
+    attempts_history_is_kept_across_retries_and_reruns,
+    step_states_range_is_half_open,
+    clear_marks_pending_and_keeps_history,
+    recover_stale_fails_dead_runs,
+    runs_filter_limit_and_order,
+    outputs_json_round_trip,
+    concurrent_writers_lose_nothing,
+    write_timing,
+);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 7, 0, 0, 0).unwrap()
+}
+
+fn hour(k: i64) -> Interval {
+    Interval {
+        start: t0() + TimeDelta::hours(k),
+        end: t0() + TimeDelta::hours(k + 1),
+    }
+}
+
+/// Now, truncated to the microseconds both stores keep.
+fn now_micros() -> DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------------------------
+
+async fn migrations_are_idempotent(h: &Harness) {
+    let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
+    let before = h.raw_strings(sql).await;
+    assert_eq!(before.len(), 1, "one migration recorded: {before:?}");
+    assert!(before[0].starts_with("1 "), "{before:?}");
+
+    let id = h
+        .store
+        .create_run("job", hour(0), Trigger::Manual)
+        .await
+        .unwrap();
+    // Opening again (twice) applies nothing and sees the same data.
+    for _ in 0..2 {
+        let again = h.reopen().await.expect("reopen");
+        assert_eq!(h.raw_strings(sql).await, before);
+        assert_eq!(again.run(id).await.unwrap().unwrap().job, "job");
+    }
+}
+
+async fn newer_store_is_refused(h: &Harness) {
+    h.raw_exec(
+        "INSERT INTO cranium_schema_migrations (version, applied_at) \
+         VALUES (9999, '2030-01-01T00:00:00.000000Z')",
+    )
+    .await;
+    let err = h.reopen().await.expect_err("a newer store must be refused");
+    assert!(matches!(err, StoreError::Migration(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("9999") && msg.contains("newer") && msg.contains("upgrade cranium"),
+        "{msg}"
+    );
+}
+
+async fn run_lifecycle(h: &Harness) {
+    let s = &h.store;
+    let before = now_micros();
+    let id = s
+        .create_run("events_daily", hour(3), Trigger::Schedule)
+        .await
+        .unwrap();
+    let r = s.run(id).await.unwrap().expect("created run");
+    assert_eq!(r.id, id);
+    assert_eq!(r.job, "events_daily");
+    assert_eq!(r.interval, hour(3));
+    assert_eq!(r.state, RunState::Queued);
+    assert_eq!(r.trigger, Trigger::Schedule);
+    assert!(
+        r.created_at >= before && r.created_at <= Utc::now(),
+        "{r:?}"
+    );
+    assert_eq!((r.started_at, r.ended_at), (None, None));
+
+    s.set_run_state(id, RunState::Running).await.unwrap();
+    let r = s.run(id).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Running);
+    let started = r.started_at.expect("Running sets started_at");
+    assert!(started >= r.created_at);
+    assert_eq!(r.ended_at, None);
+
+    s.heartbeat(id).await.unwrap();
+    s.set_run_state(id, RunState::Success).await.unwrap();
+    let r = s.run(id).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Success);
+    assert_eq!(r.started_at, Some(started), "ending keeps started_at");
+    assert!(r.ended_at.expect("Success sets ended_at") >= started);
+
+    let failed = s
+        .create_run("events_daily", hour(4), Trigger::Backfill)
+        .await
+        .unwrap();
+    s.set_run_state(failed, RunState::Failed).await.unwrap();
+    let r = s.run(failed).await.unwrap().unwrap();
+    assert_eq!((r.state, r.trigger), (RunState::Failed, Trigger::Backfill));
+    assert!(r.ended_at.is_some());
+
+    assert_eq!(s.run(987_654).await.unwrap(), None);
+    let err = s
+        .set_run_state(987_654, RunState::Running)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                what: "run",
+                id: 987_654
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(s.heartbeat(987_654).await.is_err());
+}
+
+async fn step_state_upserts_keep_the_latest(h: &Harness) {
+    let s = &h.store;
+    let run1 = s.create_run("j", hour(0), Trigger::Manual).await.unwrap();
+    let run2 = s.create_run("j", hour(0), Trigger::Manual).await.unwrap();
+    assert_eq!(
+        s.step_state("j", "load", hour(0).start).await.unwrap(),
+        None
+    );
+
+    s.set_step_state(run1, "j", "load", hour(0), StepState::Pending, 0, None)
+        .await
+        .unwrap();
+    let r = s
+        .step_state("j", "load", hour(0).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.job.as_str(), r.step.as_str(), r.interval, r.state),
+        ("j", "load", hour(0), StepState::Pending)
+    );
+    assert_eq!((r.run_id, r.attempt), (Some(run1), 0));
+    assert_eq!(r.outputs, serde_json::Value::Null);
+    let first_update = r.updated_at;
+
+    s.set_step_state(run1, "j", "load", hour(0), StepState::Running, 1, None)
+        .await
+        .unwrap();
+    s.set_step_state(
+        run1,
+        "j",
+        "load",
+        hour(0),
+        StepState::Success,
+        1,
+        Some(&json!({"rows": 3})),
+    )
+    .await
+    .unwrap();
+    let r = s
+        .step_state("j", "load", hour(0).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.state, r.attempt), (StepState::Success, 1));
+    assert_eq!(r.outputs, json!({"rows": 3}));
+    assert!(r.updated_at >= first_update);
+
+    // A rerun by another run: outputs kept when None, replaced when Some.
+    s.set_step_state(run2, "j", "load", hour(0), StepState::Running, 2, None)
+        .await
+        .unwrap();
+    let r = s
+        .step_state("j", "load", hour(0).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.run_id, r.attempt),
+        (StepState::Running, Some(run2), 2)
+    );
+    assert_eq!(r.outputs, json!({"rows": 3}));
+    s.set_step_state(
+        run2,
+        "j",
+        "load",
+        hour(0),
+        StepState::Failed,
+        2,
+        Some(&json!(null)),
+    )
+    .await
+    .unwrap();
+    let r = s
+        .step_state("j", "load", hour(0).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, StepState::Failed);
+    assert_eq!(r.outputs, serde_json::Value::Null);
+
+    // Exactly one record for the key; other steps and jobs are separate.
+    s.set_step_state(run2, "j", "other", hour(0), StepState::Skipped, 0, None)
+        .await
+        .unwrap();
+    s.set_step_state(
+        run2,
+        "k",
+        "load",
+        hour(0),
+        StepState::UpstreamFailed,
+        0,
+        None,
+    )
+    .await
+    .unwrap();
+    let all = s
+        .step_states("j", DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC)
+        .await
+        .unwrap();
+    let states: Vec<_> = all.iter().map(|r| (r.step.as_str(), r.state)).collect();
+    assert_eq!(
+        states,
+        [("load", StepState::Failed), ("other", StepState::Skipped)]
+    );
+    let k = s
+        .step_state("k", "load", hour(0).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(k.state, StepState::UpstreamFailed);
+    assert!(k.state.is_terminal() && !StepState::UpForRetry.is_terminal());
+}
+
+async fn attempts_history_is_kept_across_retries_and_reruns(h: &Harness) {
+    let s = &h.store;
+    let iv = hour(5);
+    let run1 = s.create_run("j", iv, Trigger::Schedule).await.unwrap();
+
+    let before = now_micros();
+    let a1 = s
+        .begin_attempt(run1, "j", "load", iv, 1, "logs/j/load/1.log")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.finish_attempt(
+        a1,
+        &AttemptResult {
+            state: Some(StepState::UpForRetry),
+            error: Some("connection reset".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a2 = s
+        .begin_attempt(run1, "j", "load", iv, 2, "logs/j/load/2.log")
+        .await
+        .unwrap();
+    s.finish_attempt(
+        a2,
+        &AttemptResult {
+            state: Some(StepState::Success),
+            rows_affected: Some(1234),
+            bytes: Some(5_000_000_000),
+            outputs: json!({"manifest": "s3://b/k"}),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let other = s
+        .begin_attempt(run1, "j", "transform", iv, 1, "")
+        .await
+        .unwrap();
+    // A rerun of the interval: a new run, attempt numbers start again.
+    let run2 = s.create_run("j", iv, Trigger::Manual).await.unwrap();
+    let a3 = s
+        .begin_attempt(run2, "j", "load", iv, 1, "logs/j/load/3.log")
+        .await
+        .unwrap();
+    s.finish_attempt(a3, &AttemptResult::default())
+        .await
+        .unwrap();
+    let a4 = s
+        .begin_attempt(run2, "j", "load", iv, 2, "logs/j/load/4.log")
+        .await
+        .unwrap();
+    s.finish_attempt(
+        a4,
+        &AttemptResult {
+            error: Some("boom".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let load = s.attempts("j", iv.start, Some("load")).await.unwrap();
+    let ids: Vec<i64> = load.iter().map(|a| a.id).collect();
+    assert_eq!(ids, [a1, a2, a3, a4], "oldest first, nothing lost");
+    let summary: Vec<_> = load
+        .iter()
+        .map(|a| (a.run_id, a.attempt, a.state))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (run1, 1, StepState::UpForRetry),
+            (run1, 2, StepState::Success),
+            (run2, 1, StepState::Success),
+            (run2, 2, StepState::Failed),
+        ]
+    );
+    let first = &load[0];
+    assert_eq!(
+        (first.job.as_str(), first.step.as_str(), first.interval),
+        ("j", "load", iv)
+    );
+    assert_eq!(first.error.as_deref(), Some("connection reset"));
+    assert_eq!(first.log_path.as_deref(), Some("logs/j/load/1.log"));
+    assert!(first.started_at >= before);
+    let ended = first.ended_at.expect("finished attempts have ended_at");
+    assert!(ended >= first.started_at);
+    let ms = first.duration_ms.expect("duration_ms");
+    assert!((25..10_000).contains(&ms), "duration {ms} ms");
+    assert_eq!(first.outputs, serde_json::Value::Null);
+    assert_eq!(
+        (load[1].rows_affected, load[1].bytes),
+        (Some(1234), Some(5_000_000_000))
+    );
+    assert_eq!(load[1].outputs, json!({"manifest": "s3://b/k"}));
+    assert_eq!(load[1].error, None);
+    assert_eq!(load[3].error.as_deref(), Some("boom"));
+
+    let all = s.attempts("j", iv.start, None).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let t = all.iter().find(|a| a.id == other).unwrap();
+    assert_eq!(
+        (t.state, t.ended_at, t.duration_ms, t.log_path.as_deref()),
+        (StepState::Running, None, None, None)
+    );
+    assert!(s
+        .attempts("j", hour(6).start, None)
+        .await
+        .unwrap()
+        .is_empty());
+    let err = s
+        .finish_attempt(424_242, &AttemptResult::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                what: "attempt",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // An attempt of a run that does not exist is refused (foreign key).
+    assert!(s
+        .begin_attempt(424_242, "j", "load", iv, 1, "")
+        .await
+        .is_err());
+}
+
+async fn step_states_range_is_half_open(h: &Harness) {
+    let s = &h.store;
+    let run = s.create_run("j", hour(0), Trigger::Backfill).await.unwrap();
+    for k in (0..5).rev() {
+        for step in ["b", "a"] {
+            s.set_step_state(run, "j", step, hour(k), StepState::Success, 1, None)
+                .await
+                .unwrap();
+        }
+    }
+    s.set_step_state(run, "other", "a", hour(1), StepState::Success, 1, None)
+        .await
+        .unwrap();
+
+    let got = s
+        .step_states("j", hour(1).start, hour(3).start)
+        .await
+        .unwrap();
+    let keys: Vec<_> = got
+        .iter()
+        .map(|r| (r.interval.start, r.step.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (hour(1).start, "a"),
+            (hour(1).start, "b"),
+            (hour(2).start, "a"),
+            (hour(2).start, "b"),
+        ],
+        "[from, to): from included, to excluded, ordered by start then step"
+    );
+    assert!(got.iter().all(|r| r.job == "j"));
+    // One microsecond either side.
+    let us = TimeDelta::microseconds(1);
+    assert_eq!(
+        s.step_states("j", hour(1).start + us, hour(3).start + us)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        s.step_states("j", hour(1).start - us, hour(3).start - us)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(s
+        .step_states("j", hour(2).start, hour(2).start)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .step_states("j", hour(3).start, hour(1).start)
+        .await
+        .unwrap()
+        .is_empty());
+    let everything = s
+        .step_states("j", DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC)
+        .await
+        .unwrap();
+    assert_eq!(everything.len(), 10);
+    assert_eq!(everything[0].interval, hour(0));
+    assert_eq!(everything[9].interval, hour(4));
+    assert!(s
+        .step_states("nope", t0(), t0() + TimeDelta::days(1))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn clear_marks_pending_and_keeps_history(h: &Harness) {
+    let s = &h.store;
+    let run = s.create_run("j", hour(0), Trigger::Backfill).await.unwrap();
+    for k in 0..5 {
+        for (step, state) in [
+            ("a", StepState::Success),
+            ("b", StepState::Failed),
+            ("c", StepState::Success),
+        ] {
+            let id = s
+                .begin_attempt(run, "j", step, hour(k), 1, "")
+                .await
+                .unwrap();
+            s.finish_attempt(
+                id,
+                &AttemptResult {
+                    state: Some(state),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            s.set_step_state(run, "j", step, hour(k), state, 1, Some(&json!({"k": k})))
+                .await
+                .unwrap();
+        }
+    }
+    s.set_step_state(run, "other", "a", hour(1), StepState::Success, 1, None)
+        .await
+        .unwrap();
+
+    let n = s
+        .clear("j", hour(1).start, hour(3).start, &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 6, "all steps of intervals 1 and 2");
+    let states: Vec<_> = s
+        .step_states("j", t0(), hour(5).start)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.interval.start, r.step, r.state))
+        .collect();
+    for (start, step, state) in &states {
+        let cleared = *start >= hour(1).start && *start < hour(3).start;
+        assert_eq!(
+            *state == StepState::Pending,
+            cleared,
+            "{start} {step} {state}"
+        );
+    }
+    // Attempts stay.
+    for k in 0..5 {
+        assert_eq!(s.attempts("j", hour(k).start, None).await.unwrap().len(), 3);
+    }
+    // Clearing again changes nothing; a step list limits it; other jobs are untouched.
+    assert_eq!(
+        s.clear("j", hour(1).start, hour(3).start, &[])
+            .await
+            .unwrap(),
+        0
+    );
+    let n = s
+        .clear(
+            "j",
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            &["b".to_string(), "zzz".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "b of intervals 0, 3 and 4");
+    let r = s
+        .step_state("j", "b", hour(4).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, StepState::Pending);
+    assert_eq!(r.outputs, json!({"k": 4}), "clear keeps the last outputs");
+    let r = s
+        .step_state("j", "a", hour(4).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, StepState::Success);
+    let r = s
+        .step_state("other", "a", hour(1).start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, StepState::Success);
+}
+
+async fn recover_stale_fails_dead_runs(h: &Harness) {
+    let s = &h.store;
+    let iv = hour(0);
+    let dead = s.create_run("j", iv, Trigger::Schedule).await.unwrap();
+    let alive = s.create_run("j", hour(1), Trigger::Schedule).await.unwrap();
+    let done = s.create_run("j", hour(2), Trigger::Schedule).await.unwrap();
+    let queued = s.create_run("j", hour(3), Trigger::Schedule).await.unwrap();
+    for id in [dead, alive, done] {
+        s.set_run_state(id, RunState::Running).await.unwrap();
+    }
+    s.set_run_state(done, RunState::Success).await.unwrap();
+
+    // The dead run: one step running, one finished, one waiting for a retry.
+    s.set_step_state(dead, "j", "a", iv, StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let running_attempt = s.begin_attempt(dead, "j", "a", iv, 1, "").await.unwrap();
+    s.set_step_state(dead, "j", "b", iv, StepState::Success, 1, None)
+        .await
+        .unwrap();
+    let finished_attempt = s.begin_attempt(dead, "j", "b", iv, 1, "").await.unwrap();
+    s.finish_attempt(finished_attempt, &AttemptResult::default())
+        .await
+        .unwrap();
+    s.set_step_state(dead, "j", "c", iv, StepState::UpForRetry, 1, None)
+        .await
+        .unwrap();
+    s.set_step_state(alive, "j", "a", hour(1), StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let alive_attempt = s
+        .begin_attempt(alive, "j", "a", hour(1), 1, "")
+        .await
+        .unwrap();
+
+    assert_eq!(s.recover_stale(Duration::from_secs(3600)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.heartbeat(alive).await.unwrap();
+    assert_eq!(
+        s.recover_stale(Duration::from_millis(750)).await.unwrap(),
+        1
+    );
+
+    let r = s.run(dead).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Failed);
+    assert!(r.ended_at.is_some());
+    let states: Vec<_> = s
+        .step_states("j", iv.start, iv.end)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.step, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_string(), StepState::Pending),
+            ("b".to_string(), StepState::Success),
+            ("c".to_string(), StepState::Pending),
+        ]
+    );
+    let attempts = s.attempts("j", iv.start, None).await.unwrap();
+    let a = attempts.iter().find(|a| a.id == running_attempt).unwrap();
+    assert_eq!(a.state, StepState::Failed);
+    assert_eq!(a.error.as_deref(), Some(INTERRUPTED));
+    assert_eq!(INTERRUPTED, "interrupted: the process running it stopped");
+    assert!(a.ended_at.is_some() && a.duration_ms.unwrap_or(-1) >= 1000);
+    let b = attempts.iter().find(|a| a.id == finished_attempt).unwrap();
+    assert_eq!((b.state, b.error.as_deref()), (StepState::Success, None));
+
+    assert_eq!(
+        s.run(alive).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    let alive_attempts = s.attempts("j", hour(1).start, None).await.unwrap();
+    assert_eq!(alive_attempts[0].id, alive_attempt);
+    assert_eq!(alive_attempts[0].state, StepState::Running);
+    assert_eq!(s.run(done).await.unwrap().unwrap().state, RunState::Success);
+    assert_eq!(
+        s.run(queued).await.unwrap().unwrap().state,
+        RunState::Queued
+    );
+    // Already recovered: nothing more.
+    assert_eq!(
+        s.recover_stale(Duration::from_millis(750)).await.unwrap(),
+        0
+    );
+    // With no grace at all, every Running run is stale.
+    assert_eq!(s.recover_stale(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(s.run(alive).await.unwrap().unwrap().state, RunState::Failed);
+    // A huge grace never overflows.
+    assert_eq!(s.recover_stale(Duration::MAX).await.unwrap(), 0);
+}
+
+async fn runs_filter_limit_and_order(h: &Harness) {
+    let s = &h.store;
+    let mut ids = Vec::new();
+    for (job, k, state) in [
+        ("x", 0, RunState::Success),
+        ("y", 0, RunState::Failed),
+        ("x", 1, RunState::Failed),
+        ("x", 2, RunState::Running),
+        ("y", 1, RunState::Success),
+    ] {
+        let id = s.create_run(job, hour(k), Trigger::Schedule).await.unwrap();
+        s.set_run_state(id, state).await.unwrap();
+        ids.push(id);
+    }
+    let list = |f: RunFilter| async move {
+        s.runs(&f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(RunFilter::default()).await,
+        [ids[4], ids[3], ids[2], ids[1], ids[0]],
+        "newest first"
+    );
+    assert_eq!(
+        list(RunFilter {
+            job: Some("x".into()),
+            ..Default::default()
+        })
+        .await,
+        [ids[3], ids[2], ids[0]]
+    );
+    assert_eq!(
+        list(RunFilter {
+            state: Some(RunState::Failed),
+            ..Default::default()
+        })
+        .await,
+        [ids[2], ids[1]]
+    );
+    assert_eq!(
+        list(RunFilter {
+            job: Some("y".into()),
+            state: Some(RunState::Success),
+            limit: 0,
+        })
+        .await,
+        [ids[4]]
+    );
+    assert_eq!(
+        list(RunFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await,
+        [ids[4], ids[3]]
+    );
+    assert_eq!(
+        list(RunFilter {
+            job: Some("x".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await,
+        [ids[3]]
+    );
+    assert!(list(RunFilter {
+        job: Some("none".into()),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    let full = s
+        .runs(&RunFilter {
+            job: Some("x".into()),
+            state: Some(RunState::Running),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].interval, hour(2));
+    assert_eq!(full[0], s.run(ids[3]).await.unwrap().unwrap());
+}
+
+async fn outputs_json_round_trip(h: &Harness) {
+    let s = &h.store;
+    let run = s.create_run("j", hour(0), Trigger::Manual).await.unwrap();
+    let values = [
+        json!({
+            "name": "café ☕ 日本語 🚀 שלום",
+            "nested": {
+                "list": [1, -2, 2.5, 1e-7, true, false, null, "x", [], {}],
+                "deep": {"quote": "\"q\" \\ back\nnew\tline", "emoji_key_🔑": "v"},
+            },
+            "big": 9_007_199_254_740_993_u64,
+            "neg": -9_223_372_036_854_775_808_i64,
+            "empty": "",
+        }),
+        json!([1, "two", {"three": 3}]),
+        json!("just a string ✓"),
+        json!(42),
+        serde_json::Value::Null,
+    ];
+    for (k, v) in values.iter().enumerate() {
+        let step = format!("s{k}");
+        s.set_step_state(run, "j", &step, hour(0), StepState::Success, 1, Some(v))
+            .await
+            .unwrap();
+        let r = s
+            .step_state("j", &step, hour(0).start)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&r.outputs, v);
+        let a = s
+            .begin_attempt(run, "j", &step, hour(0), 1, "")
+            .await
+            .unwrap();
+        s.finish_attempt(
+            a,
+            &AttemptResult {
+                outputs: v.clone(),
+                error: Some("ünïcödé error ✗".into()),
+                state: Some(StepState::Failed),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let got = s.attempts("j", hour(0).start, Some(&step)).await.unwrap();
+        assert_eq!(&got[0].outputs, v);
+        assert_eq!(got[0].error.as_deref(), Some("ünïcödé error ✗"));
+    }
+    // Unicode in keys too: job and step names.
+    s.set_step_state(
+        run,
+        "jöb ✓",
+        "stép 🚀",
+        hour(0),
+        StepState::Success,
+        0,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(s
+        .step_state("jöb ✓", "stép 🚀", hour(0).start)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+async fn concurrent_writers_lose_nothing(h: &Harness) {
+    const TASKS: usize = 8;
+    const STEPS: usize = 25;
+    // Half the writers go through a second, independent store on the same database (for SQLite:
+    // another connection to the file, so writers wait on each other's locks).
+    let second = h.reopen().await.expect("second store");
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let s = if t % 2 == 0 {
+            h.store.clone()
+        } else {
+            second.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            let run = s
+                .create_run("conc", hour(t as i64), Trigger::Backfill)
+                .await?;
+            s.set_run_state(run, RunState::Running).await?;
+            for i in 0..STEPS {
+                let step = format!("t{t}_s{i:02}");
+                let iv = hour(0);
+                s.set_step_state(run, "conc", &step, iv, StepState::Running, 1, None)
+                    .await?;
+                let a = s.begin_attempt(run, "conc", &step, iv, 1, "").await?;
+                s.finish_attempt(
+                    a,
+                    &AttemptResult {
+                        outputs: json!({"t": t, "i": i}),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                s.set_step_state(
+                    run,
+                    "conc",
+                    &step,
+                    iv,
+                    StepState::Success,
+                    1,
+                    Some(&json!({"t": t, "i": i})),
+                )
+                .await?;
+                // Everyone also fights over one shared record.
+                s.set_step_state(
+                    run,
+                    "conc",
+                    "shared",
+                    iv,
+                    StepState::Success,
+                    i as u32,
+                    Some(&json!({"t": t})),
+                )
+                .await?;
+                s.heartbeat(run).await?;
+            }
+            s.set_run_state(run, RunState::Success).await?;
+            Ok::<i64, StoreError>(run)
+        }));
+    }
+    let mut runs = Vec::new();
+    for handle in handles {
+        runs.push(handle.await.expect("task").expect("writes succeed"));
+    }
+    let mut distinct = runs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), TASKS, "distinct run ids");
+
+    let records = h
+        .store
+        .step_states("conc", hour(0).start, hour(0).end)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), TASKS * STEPS + 1);
+    for r in &records {
+        assert_eq!(r.state, StepState::Success, "{r:?}");
+        if r.step != "shared" {
+            let (t, i) = r.step[1..].split_once("_s").unwrap();
+            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(r.outputs, json!({"t": t, "i": i}));
+            assert_eq!(r.run_id, Some(runs[t]));
+        }
+    }
+    let attempts = h.store.attempts("conc", hour(0).start, None).await.unwrap();
+    assert_eq!(attempts.len(), TASKS * STEPS);
+    assert!(attempts.iter().all(|a| a.state == StepState::Success));
+    let finished = h
+        .store
+        .runs(&RunFilter {
+            job: Some("conc".into()),
+            state: Some(RunState::Success),
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(finished.len(), TASKS);
+}
+
+/// The engine's write pattern for 1,000 no-op steps: 4 writes each.
+async fn write_timing(h: &Harness) {
+    let s = &h.store;
+    let run = s
+        .create_run("bench", hour(0), Trigger::Manual)
+        .await
+        .unwrap();
+    s.set_run_state(run, RunState::Running).await.unwrap();
+    let started = Instant::now();
+    for i in 0..1000 {
+        let step = format!("step_{i:04}");
+        s.set_step_state(run, "bench", &step, hour(0), StepState::Running, 1, None)
+            .await
+            .unwrap();
+        let a = s
+            .begin_attempt(run, "bench", &step, hour(0), 1, "logs/x.log")
+            .await
+            .unwrap();
+        s.finish_attempt(a, &AttemptResult::default())
+            .await
+            .unwrap();
+        s.set_step_state(
+            run,
+            "bench",
+            &step,
+            hour(0),
+            StepState::Success,
+            1,
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{}: 4,000 writes (1,000 steps) in {:.0} ms: {:.3} ms per step, {:.0} us per write",
+        s.backend(),
+        elapsed.as_secs_f64() * 1e3,
+        elapsed.as_secs_f64() * 1e3 / 1000.0,
+        elapsed.as_secs_f64() * 1e6 / 4000.0,
+    );
+    let budget = match s.backend() {
+        "sqlite" => Duration::from_secs(8),
+        _ => Duration::from_secs(60),
+    };
+    assert!(elapsed < budget, "{elapsed:?} for 4,000 writes");
+    assert_eq!(
+        s.step_states("bench", hour(0).start, hour(0).end)
+            .await
+            .unwrap()
+            .len(),
+        1000
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_store_is_shareable() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    shared::<Store>();
+    error::<StoreError>();
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "mysql://u:secret@db/x",
+        "sqlite://",
+        "state.db",
+        "postgres://u@127.0.0.1/test?schema=bad-name",
+    ] {
+        let err = Store::open(url, dir.path()).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadUrl(_)), "{url}: {err:?}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_paths_are_relative_to_the_root_and_folders_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open("sqlite://a/b/state.db", dir.path())
+        .await
+        .unwrap();
+    assert!(dir.path().join("a/b/state.db").is_file());
+    drop(store);
+    let abs: &Path = &dir.path().join("abs/state.db");
+    let url = format!("sqlite://{}", abs.display());
+    let store = Store::open(&url, Path::new("/nonexistent-root"))
+        .await
+        .unwrap();
+    assert!(abs.is_file());
+    // WAL mode and the schema are in place.
+    store
+        .create_run("j", hour(0), Trigger::Manual)
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(abs).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn postgres_default_schema_parameter_is_applied() {
+    // A named schema is created when missing and holds the tables.
+    let h = Harness::postgres().await;
+    let schema = h.pg_schema.clone().unwrap();
+    let client = pg_client().await;
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4, "runs, step_attempts, step_intervals, migrations");
+}
