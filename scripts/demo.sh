@@ -1,26 +1,66 @@
 #!/usr/bin/env bash
-# The demo: builds the release binary and shows cranium on the reference project.
-# What exists so far: lint the project, list the jobs, draw the DAG, plan a backfill across a DST change.
-# (Later issues make it run the pipeline end to end.)
+# The demo: builds the release binary and runs the reference pipeline's events_daily rollups for one day.
+#
+#   1. build        cargo build --release --locked
+#   2. lint         check, list, graph, and what check says about a bad job file
+#   3. production   seed the product database (users, channels, recipes) in MariaDB `test`
+#   4. warehouse    fill the warehouse tables in PostgreSQL `test` (schema analytics) -- a stand-in for the
+#                   product_daily and events_daily loads, which arrive with the load issue
+#   5. run          cranium clear + run of events_daily's SQL and Lua steps for DAY, then runs and logs
+#   6. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
+#
+# Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
+# password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
+# with WAREHOUSE_URL and PRODUCTION_MYSQL_URL. Rerunnable: every run gives the same data and rollups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q
-bin=target/release/cranium
-[ -n "${CARGO_TARGET_DIR:-}" ] && bin="$CARGO_TARGET_DIR/release/cranium"
 
-echo "== cranium check"
+section() { printf '\n======== %s\n' "$*"; }
+die() { echo "demo: $*" >&2; exit 1; }
+
+for tool in cargo python3 psql; do
+  command -v "$tool" >/dev/null || die "'$tool' is not installed"
+done
+mysql_client=$(command -v mariadb || command -v mysql) || die "neither 'mariadb' nor 'mysql' client is installed"
+
+DAY=${DEMO_DAY:-2026-03-01}  # the day whose events are generated and rolled up (UTC, like events_daily)
+NEXT=$(python3 -c 'import datetime,sys; print(datetime.date.fromisoformat(sys.argv[1]) + datetime.timedelta(days=1))' "$DAY") \
+  || die "DEMO_DAY must be a date, YYYY-MM-DD"
+STEPS=check_volume,daily_active_users,recipe_runs_per_channel,api_health_hourly,channel_alarms
+
+# The warehouse (PostgreSQL standing in for Redshift) and production (MariaDB), as cranium.yaml sees them.
+export WAREHOUSE_URL=${WAREHOUSE_URL:-postgres://postgres@127.0.0.1:5432/test}
+export PRODUCTION_MYSQL_URL=${PRODUCTION_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+export PGTZ=UTC  # warehouse timestamps print in UTC, and MySQL DATETIMEs (UTC) load as such
+psql_() { psql -X -q -v ON_ERROR_STOP=1 "$WAREHOUSE_URL" "$@"; }
+[[ $PRODUCTION_MYSQL_URL =~ ^mysql://([^:@/]+)(:([^@]*))?@([^:/]+)(:([0-9]+))?/([^?]+) ]] \
+  || die "PRODUCTION_MYSQL_URL must look like mysql://user[:password]@host[:port]/db"
+my_user=${BASH_REMATCH[1]} my_password=${BASH_REMATCH[3]} my_host=${BASH_REMATCH[4]}
+my_port=${BASH_REMATCH[6]:-3306} my_db=${BASH_REMATCH[7]}
+if [ -n "$my_password" ]; then export MYSQL_PWD="$my_password"; fi
+mysql_() {
+  "$mysql_client" --protocol=tcp -h "$my_host" -P "$my_port" -u "$my_user" --default-character-set=utf8mb4 \
+    "$my_db" "$@"
+}
+
+psql_ -c 'SELECT 1' >/dev/null || die "cannot reach PostgreSQL at $WAREHOUSE_URL"
+mysql_ -e 'SELECT 1' >/dev/null || die "cannot reach MariaDB at $my_host:$my_port (database $my_db)"
+
+section "1. build (cargo build --release --locked; the first build takes several minutes)"
+cargo build --release --locked -q
+bin="${CARGO_TARGET_DIR:-target}/release/cranium"
+"$bin" --version
+started=$(date +%s)
+
+section "2. lint: cranium check, list, graph events_daily"
 "$bin" check
 echo
-echo "== cranium list"
 "$bin" list
 echo
-echo "== cranium graph"
-"$bin" graph
+"$bin" graph events_daily
+
 echo
-echo "== cranium plan events_daily (Europe/Berlin would shift here; the reference runs in UTC)"
-"$bin" plan events_daily --from 2026-03-27 --to 2026-04-01
-echo
-echo "== a bad job file, and what check says about it"
+echo "-- a job file with a typo, an impossible day of week and broken SQL; cranium check says:"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -r cranium.yaml jobs sql scripts "$tmp"/
@@ -35,4 +75,93 @@ steps:
     retires: 3
     query: SELECT FROM WHERE
 YAML
-"$bin" check --project "$tmp" || echo "(check exited $? as it should)"
+if "$bin" check --project "$tmp"; then
+  die "cranium check accepted a broken job file"
+else
+  echo "(check exited $?, as it should)"
+fi
+
+section "3. production: seed the product database in MariaDB (users, channels, recipes)"
+python3 scripts/demo/generate.py product | mysql_
+mysql_ -t -e "
+  SELECT (SELECT COUNT(*) FROM users) AS users, (SELECT COUNT(*) FROM channels) AS channels,
+         (SELECT COUNT(*) FROM recipes) AS recipes, (SELECT COUNT(*) FROM recipes WHERE enabled) AS enabled;
+  SELECT r.id, u.display_name AS owner, r.name AS recipe
+  FROM recipes r JOIN users u ON u.id = r.user_id
+  WHERE LENGTH(u.display_name) - CHAR_LENGTH(u.display_name) >= 3   -- 4-byte characters: emoji
+    AND LENGTH(r.name) - CHAR_LENGTH(r.name) > 2 ORDER BY r.id LIMIT 3;" \
+  || die "cannot query the seeded product database"
+
+section "4. warehouse: analytics.* in PostgreSQL (stand-in for product_daily and events_daily loads, which arrive with the load issue)"
+python3 scripts/demo/generate.py warehouse-ddl | psql_
+# product_daily stand-in: copy the three tables from MariaDB as they are (mariadb -B escapes like COPY text).
+for spec in \
+  "channels:id, slug, name, category, created_at, updated_at" \
+  "users:id, username, email, display_name, country, plan, created_at, updated_at" \
+  "recipes:id, user_id, name, trigger_channel_id, trigger_slug, action_channel_id, action_slug, enabled, success_rate, created_at, updated_at"
+do
+  table=${spec%%:*} cols=${spec#*:}
+  mysql_ -B -N -e "SELECT $cols FROM $table ORDER BY id" \
+    | psql_ -c "\\copy analytics.$table ($cols) FROM pstdin WITH (NULL 'NULL')"
+done
+# events_daily stand-in: the day's app_events and api_requests, as the loads would leave them.
+python3 scripts/demo/generate.py events --day "$DAY" | psql_
+psql_ -P footer=off -c "
+  SELECT (SELECT COUNT(*) FROM analytics.users) AS users, (SELECT COUNT(*) FROM analytics.channels) AS channels,
+         (SELECT COUNT(*) FROM analytics.recipes) AS recipes, (SELECT COUNT(*) FROM analytics.app_events) AS app_events,
+         (SELECT COUNT(*) FROM analytics.api_requests) AS api_requests" \
+  -c "SELECT event_type, platform, event_time, properties FROM analytics.app_events
+      WHERE properties::text LIKE '%@%' ORDER BY event_time LIMIT 2"
+echo "(raw e-mail addresses: the stand-in skips events_hourly, whose transform scripts/lua/scrub_emails.lua removes them)"
+
+section "5. run: events_daily's SQL and Lua steps for $DAY"
+echo "\$ cranium clear events_daily --from $DAY --to $NEXT"
+"$bin" clear events_daily --from "$DAY" --to "$NEXT"
+echo
+echo "\$ cranium run events_daily --at $DAY --steps $STEPS --ignore-upstream"
+"$bin" run events_daily --at "$DAY" --steps "$STEPS" --ignore-upstream
+echo
+echo "\$ cranium runs events_daily --limit 5"
+"$bin" runs events_daily --limit 5
+echo
+echo "\$ cranium logs events_daily $DAY check_volume"
+"$bin" logs events_daily "$DAY" check_volume
+
+section "6. rollups (psql)"
+psql_ -P footer=off <<SQL
+\\echo 'daily active users by platform (analytics.daily_active_users)'
+SELECT platform, users, events, round(events::numeric / users, 1) AS events_per_user
+FROM analytics.daily_active_users WHERE day = '$DAY'
+ORDER BY platform = 'all', users DESC;
+
+\\echo 'top 10 channels by recipe runs (analytics.recipe_runs_per_channel)'
+SELECT channel_name AS channel,
+       SUM(runs) AS runs,
+       SUM(runs) FILTER (WHERE role = 'trigger') AS as_trigger,
+       SUM(runs) FILTER (WHERE role = 'action') AS as_action,
+       SUM(recipes) AS recipes
+FROM analytics.recipe_runs_per_channel WHERE day = '$DAY'
+GROUP BY channel_name ORDER BY runs DESC, channel LIMIT 10;
+
+\\echo 'partner API health: the 10 channels with the highest error rate (analytics.api_health_hourly)'
+SELECT channel_name AS channel,
+       SUM(requests) AS requests,
+       SUM(errors) AS errors,
+       to_char(100.0 * SUM(errors) / SUM(requests), 'FM990.00') || '%' AS error_rate,
+       to_char(100.0 * MAX(error_rate), 'FM990.0') || '%' AS worst_hour,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY p95_ms)::numeric) AS p95_ms_median_hour,
+       round(MAX(p95_ms)::numeric) AS p95_ms_worst_hour
+FROM analytics.api_health_hourly
+WHERE hour >= '$DAY' AND hour < '$NEXT'
+GROUP BY channel_name ORDER BY SUM(errors)::float / SUM(requests) DESC, channel LIMIT 10;
+
+\\echo 'channel alarms: hours whose error rate jumped above the day''s mean (analytics.channel_alarms)'
+SELECT to_char(hour, 'YYYY-MM-DD HH24:MI') AS hour_utc, channel_name AS channel, requests,
+       to_char(100 * error_rate, 'FM990.0') || '%' AS error_rate,
+       to_char(100 * day_mean, 'FM990.0') || '%' AS day_mean
+FROM analytics.channel_alarms
+WHERE hour >= '$DAY' AND hour < '$NEXT'
+ORDER BY hour, channel;
+SQL
+
+echo "demo: done in $(( $(date +%s) - started ))s after the build"

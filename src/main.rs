@@ -233,8 +233,9 @@ fn main() -> ExitCode {
         LogOut::Json => LogFormat::Json,
     };
     commands::init_logging(log_format, cli.verbose);
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    let mut out = std::io::stdout();
+    // Not locked: tracing and progress output write to stderr from other threads.
+    let mut err = std::io::stderr();
     let code = match cli.command {
         Command::Check { format, strict } => {
             let f = match format {

@@ -250,7 +250,9 @@ fn list_shows_schedules() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in ["check", "list", "graph", "plan"] {
+    for cmd in [
+        "check", "list", "graph", "plan", "run", "backfill", "runs", "logs", "clear",
+    ] {
         let out = cranium(&[cmd, "--help"], &root());
         assert!(out.status.success());
         assert!(

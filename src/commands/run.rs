@@ -197,6 +197,15 @@ fn print_report(r: &RunReport, job: &Job, out: &mut dyn Write) {
         ]);
     }
     let _ = write!(out, "{}", table(&rows));
+    if r.run_id == 0 {
+        let _ = writeln!(
+            out,
+            "nothing to run for {} {}: every selected step already succeeded (`cranium clear` marks it for a rerun)",
+            r.job,
+            fmt_interval(&r.interval, job)
+        );
+        return;
+    }
     let _ = writeln!(
         out,
         "run {} of {} for {}: {} in {}",
@@ -634,7 +643,7 @@ pub fn runs(
                     "INTERVAL".to_string(),
                     "STATE".to_string(),
                     "TRIGGER".to_string(),
-                    "STARTED".to_string(),
+                    "STARTED (UTC)".to_string(),
                     "DURATION".to_string(),
                 ]];
                 for r in &runs {
@@ -683,6 +692,17 @@ pub fn logs(
         Ok(j) => j,
         Err(code) => return code,
     };
+    if let Some(s) = step {
+        if j.step(s).is_none() {
+            let ids: Vec<&str> = j.steps.iter().map(|s| s.id.as_str()).collect();
+            let _ = writeln!(
+                err,
+                "error: job '{job}' has no step '{s}'{}",
+                crate::diag::did_you_mean(s, ids)
+            );
+            return EXIT_USAGE;
+        }
+    }
     let t = match parse_time(at, j, "INTERVAL", err) {
         Ok(t) => t,
         Err(code) => return code,

@@ -1,7 +1,7 @@
 //! Per-attempt logs: every attempt of every step writes its own file, and the same lines go to
 //! `tracing` with the run, job, step and attempt as fields.
 //!
-//! Files live under `.cranium/logs/<job>/<interval start>/<step>/attempt-<n>.log`, as text or, with
+//! Files live under `.cranium/logs/<job>/<interval start>/<step>/run-<run>-attempt-<n>.log`, as text or, with
 //! `--log-format json`, one JSON object per line. Every line passes through the project's redactor, so
 //! no secret reaches a log.
 
@@ -79,7 +79,8 @@ impl AttemptLog {
         redactor: Redactor,
     ) -> AttemptLog {
         let dir = interval_dir(root, job, interval_start).join(step);
-        let path = dir.join(format!("attempt-{attempt}.log"));
+        // One file per run and attempt: a rerun of the interval keeps the earlier runs' logs.
+        let path = dir.join(format!("run-{run_id}-attempt-{attempt}.log"));
         let file = std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::File::create(&path))
             .ok();

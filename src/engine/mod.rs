@@ -45,10 +45,10 @@ pub enum EngineError {
     NotRunnable(String),
     #[error("--steps '{pattern}': {message}")]
     BadSelection { pattern: String, message: String },
-    #[error("--steps {patterns:?} matches no step of job '{job}' (steps: {steps})")]
+    #[error("--steps {patterns}: matches no step of job '{job}' (steps: {steps})")]
     EmptySelection {
         job: String,
-        patterns: Vec<String>,
+        patterns: String,
         steps: String,
     },
     #[error("metadata store: {0}")]
@@ -197,10 +197,20 @@ impl Engine {
         }
         let set = glob_set(&opts.steps)?;
         let mut selected: Vec<bool> = job.steps.iter().map(|s| set.is_match(&s.id)).collect();
-        if !selected.iter().any(|b| *b) {
+        // Every pattern must match something: a typo in one of several must not pass silently.
+        let unmatched: Vec<String> = opts
+            .steps
+            .iter()
+            .filter(|p| {
+                glob_set(std::slice::from_ref(*p))
+                    .is_ok_and(|g| !job.steps.iter().any(|s| g.is_match(&s.id)))
+            })
+            .cloned()
+            .collect();
+        if !unmatched.is_empty() {
             return Err(EngineError::EmptySelection {
                 job: job.name.clone(),
-                patterns: opts.steps.clone(),
+                patterns: unmatched.join(", "),
                 steps: job
                     .steps
                     .iter()
@@ -298,29 +308,6 @@ impl Engine {
             .map(|r| (r.step.clone(), r))
             .collect();
 
-        let run_id = self
-            .store
-            .create_run(job_name, interval, opts.trigger)
-            .await?;
-        self.store.set_run_state(run_id, RunState::Running).await?;
-        let heartbeat = {
-            let store = self.store.clone();
-            let every = self.heartbeat_every;
-            let stop = cancel.child_token();
-            let guard = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(every) => {
-                            let _ = store.heartbeat(run_id).await;
-                        }
-                    }
-                }
-            });
-            guard
-        };
-
         let n = job.steps.len();
         let mut slots: Vec<Slot> = Vec::with_capacity(n);
         let mut outputs: HashMap<usize, serde_json::Map<String, serde_json::Value>> =
@@ -353,20 +340,52 @@ impl Engine {
                 );
                 Slot::Done
             } else {
-                self.store
-                    .set_step_state(
-                        run_id,
-                        job_name,
-                        &s.id,
-                        interval,
-                        StepState::Pending,
-                        0,
-                        None,
-                    )
-                    .await?;
                 Slot::Pending
             };
             slots.push(slot);
+        }
+
+        // Nothing selected is left to run: say so without recording an empty run.
+        if !slots.iter().any(|s| matches!(s, Slot::Pending)) {
+            return Ok(RunReport {
+                run_id: 0,
+                job: job_name.to_string(),
+                interval,
+                state: RunState::Success,
+                steps: reports.into_values().collect(),
+                duration: started.elapsed(),
+            });
+        }
+        let run_id = self
+            .store
+            .create_run(job_name, interval, opts.trigger)
+            .await?;
+        self.store.set_run_state(run_id, RunState::Running).await?;
+        let heartbeat = {
+            let store = self.store.clone();
+            let every = self.heartbeat_every;
+            let stop = cancel.child_token();
+            let guard = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {
+                            let _ = store.heartbeat(run_id).await;
+                        }
+                    }
+                }
+            });
+            guard
+        };
+
+        for (i, slot) in slots.iter().enumerate() {
+            if matches!(slot, Slot::Pending) {
+                let id = &job.steps[i].id;
+                self.store
+                    .set_step_state(run_id, job_name, id, interval, StepState::Pending, 0, None)
+                    .await?;
+            }
         }
 
         let upstream: Vec<Upstream> = (0..n).map(|i| self.upstream_of(job, i)).collect();

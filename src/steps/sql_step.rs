@@ -77,7 +77,7 @@ impl SqlStep {
             .await
         {
             Ok(outcomes) => {
-                let mut total: i64 = 0;
+                let mut per_statement = Vec::with_capacity(outcomes.len());
                 for (i, (s, o)) in statements.iter().zip(&outcomes).enumerate() {
                     let (line, _) = sql::map_to_source(&source, &rendered, s.line, s.col);
                     cx.log.info(&format!(
@@ -85,13 +85,18 @@ impl SqlStep {
                         i + 1,
                         o.rows_affected
                     ));
-                    total = total.saturating_add(o.rows_affected as i64);
+                    per_statement.push(o.rows_affected as i64);
                 }
+                // The step's row count is its last statement's (the INSERT of a DELETE + INSERT pair), so
+                // an idempotent rerun reports the same number; every statement's count is in the outputs.
+                let last = per_statement.last().copied().unwrap_or(0);
                 let mut out = StepOutput {
-                    rows_affected: Some(total),
+                    rows_affected: Some(last),
                     ..StepOutput::default()
                 };
-                out.outputs.insert("rows_affected".into(), total.into());
+                out.outputs.insert("rows_affected".into(), last.into());
+                out.outputs
+                    .insert("rows_per_statement".into(), per_statement.into());
                 Ok(out)
             }
             Err(DbError::Statement {
