@@ -20,6 +20,7 @@ pub fn check(root: &Path, env: &Env) -> Result<Checked, ProjectError> {
     let (project, mut diagnostics) = project::load(root, env)?;
     let graph = dag::build(&project, &mut diagnostics);
     diagnostics.sort();
+    diagnostics.load_sources(root);
     Ok(Checked {
         project: Arc::new(project),
         graph: Arc::new(graph),

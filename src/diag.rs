@@ -120,7 +120,8 @@ impl Diagnostic {
 #[derive(Debug, Default)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
-    sources: Vec<(PathBuf, String)>,
+    /// File texts by path, for showing lines (a map: a large project has thousands of files).
+    sources: std::collections::HashMap<PathBuf, String>,
 }
 
 impl Diagnostics {
@@ -138,9 +139,24 @@ impl Diagnostics {
 
     /// Remember a file's text so that rendering can show its lines.
     pub fn add_source(&mut self, file: impl Into<PathBuf>, text: impl Into<String>) {
-        let file = file.into();
-        if !self.sources.iter().any(|(f, _)| *f == file) {
-            self.sources.push((file, text.into()));
+        self.sources
+            .entry(file.into())
+            .or_insert_with(|| text.into());
+    }
+
+    /// Read the text of every file a finding points into (relative to `root`), unless already known.
+    /// Done once at the end, so a clean check of a large project copies no file texts.
+    pub fn load_sources(&mut self, root: &Path) {
+        let files: Vec<PathBuf> = self
+            .items
+            .iter()
+            .filter_map(|d| d.file.clone())
+            .filter(|f| !self.sources.contains_key(f))
+            .collect();
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(root.join(&f)) {
+                self.sources.insert(f, text);
+            }
         }
     }
 
@@ -197,10 +213,7 @@ impl Diagnostics {
     }
 
     fn source(&self, file: &Path) -> Option<&str> {
-        self.sources
-            .iter()
-            .find(|(f, _)| f == file)
-            .map(|(_, t)| t.as_str())
+        self.sources.get(file).map(|t| t.as_str())
     }
 
     /// Render every finding for a person: the message, `file:line:col`, the line with a caret, and help.

@@ -1,6 +1,11 @@
 //! The `cranium` command line: parses arguments and hands over to `cranium::commands`.
 
 use std::path::PathBuf;
+
+/// mimalloc: checking a large project makes millions of small allocations across threads, where the
+/// system allocator costs a fifth of the time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -248,9 +248,6 @@ pub fn load(root: &Path, env: &Env) -> Result<(Project, Diagnostics), ProjectErr
 
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for r in results {
-        for (f, t) in r.sources {
-            diags.add_source(f, t);
-        }
         diags.extend(r.diags);
         for s in r.secrets {
             redactor.add(s);
@@ -556,7 +553,6 @@ fn check_alert_names(
 struct JobLoad {
     job: Option<Job>,
     diags: Vec<Diagnostic>,
-    sources: Vec<(PathBuf, String)>,
     secrets: Vec<String>,
 }
 
@@ -576,7 +572,6 @@ fn load_job(
     renderer: &Renderer,
 ) -> JobLoad {
     let mut out = Vec::new();
-    let mut sources = Vec::new();
     let mut redactor = Redactor::default();
     let text = match std::fs::read_to_string(root.join(rel)) {
         Ok(t) => t,
@@ -586,28 +581,16 @@ fn load_job(
                 diags: vec![
                     Diagnostic::error("io", format!("cannot read the job file: {e}")).in_file(rel),
                 ],
-                sources,
                 secrets: Vec::new(),
             }
         }
     };
-    sources.push((rel.to_path_buf(), text.clone()));
     let file = Arc::new(SourceFile::new(rel, text));
-    let job = load_yaml::<JobFile>(&file, env, &mut redactor, &mut out).and_then(|raw| {
-        build_job(
-            raw,
-            &file,
-            project,
-            default_tz,
-            renderer,
-            &mut out,
-            &mut sources,
-        )
-    });
+    let job = load_yaml::<JobFile>(&file, env, &mut redactor, &mut out)
+        .and_then(|raw| build_job(raw, &file, project, default_tz, renderer, &mut out));
     JobLoad {
         job,
         diags: out,
-        sources,
         secrets: redactor.secrets().to_vec(),
     }
 }
@@ -655,7 +638,6 @@ fn build_job(
     default_tz: Tz,
     renderer: &Renderer,
     out: &mut Vec<Diagnostic>,
-    sources: &mut Vec<(PathBuf, String)>,
 ) -> Option<Job> {
     let root = YamlPath::root();
     if !valid_name(&raw.job) {
@@ -901,12 +883,10 @@ fn build_job(
                 vars,
                 renderer,
                 diags: Vec::new(),
-                sources: Vec::new(),
                 lineage: StepLineage::default(),
             };
             spec.config.as_step().check(&mut cx);
             out.append(&mut cx.diags);
-            sources.append(&mut cx.sources);
             spec.lineage = cx.lineage;
         }
     }

@@ -450,7 +450,7 @@ pub fn deserialize<T: DeserializeOwned>(
     // Fields a "did you mean" already pointed to: their "missing field" error would say it twice.
     let mut suggested: BTreeSet<String> = BTreeSet::new();
     for _ in 0..64 {
-        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        let err = match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(t) => return Some(t),
             Err(e) => e,
         };

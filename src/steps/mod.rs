@@ -180,7 +180,6 @@ pub struct CheckCx<'a> {
     pub renderer: &'a Renderer,
     pub diags: Vec<Diagnostic>,
     /// Files read while checking (SQL, Lua), so diagnostics can show their lines.
-    pub sources: Vec<(PathBuf, String)>,
     pub lineage: StepLineage,
 }
 
@@ -297,10 +296,7 @@ impl<'a> CheckCx<'a> {
             return None;
         }
         match std::fs::read_to_string(self.root.join(&rel_path)) {
-            Ok(text) => {
-                self.sources.push((rel_path.clone(), text.clone()));
-                Some((rel_path, text))
-            }
+            Ok(text) => Some((rel_path, text)),
             Err(e) => {
                 let hint = if e.kind() == std::io::ErrorKind::NotFound {
                     "file not found"
