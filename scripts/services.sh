@@ -53,7 +53,16 @@ die() {
   exit 1
 }
 
-probe() { python3 "$SVC/probe.py" "$@"; }
+# The interpreter itself, not a pyenv/asdf shim (a shim costs ~0.3 s a call); -I -S: the probes
+# use the standard library only.
+# Resolved in the main shell (see the end of the file), once.
+PY=
+find_python() {
+  command -v python3 >/dev/null 2>&1 || die "python3 is required"
+  PY=$(python3 -c 'import sys; print(sys.executable)')
+}
+py() { "$PY" -I -S "$@"; }
+probe() { py "$SVC/probe.py" "$@"; }
 
 # The last lines of a log, indented, for error messages.
 log_tail() {
@@ -93,7 +102,7 @@ cargo_install() {
   log "installing $crate $version: cargo install $crate --version $version --locked $* (about 10 minutes on 2 cores; log: $ilog)"
   # CARGO_TARGET_DIR would keep gigabytes of build output around (cargo install otherwise uses
   # a temporary directory).
-  env -u CARGO_TARGET_DIR cargo install "$crate" --version "$version" --locked "$@" >"$ilog" 2>&1 &
+  env -u CARGO_TARGET_DIR cargo install "$crate" --version "$version" --locked "$@" >"$ilog" 2>&1 </dev/null 9>&- &
   local cpid=$! waited=0
   while kill -0 "$cpid" 2>/dev/null; do
     sleep 5
@@ -153,7 +162,7 @@ running() {
 
 # port_in_use HOST:PORT
 port_in_use() {
-  python3 -c 'import socket,sys; h,p=sys.argv[1].rsplit(":",1); socket.create_connection((h,int(p)),1).close()' "$1" 2>/dev/null
+  py -c 'import socket,sys; h,p=sys.argv[1].rsplit(":",1); socket.create_connection((h,int(p)),1).close()' "$1" 2>/dev/null
 }
 
 # start NAME BIN ARGS...: detached (own session, stdin closed), pid and log in the state dir.
@@ -162,8 +171,9 @@ start() {
   shift
   [[ -f $logf ]] && mv -f "$logf" "$logf.1"
   rm -f "$STATE_DIR/$name.pid"
-  # The child writes its own pid, then execs: right even when setsid has to fork.
-  setsid nohup sh -c 'echo $$ >"$0"; exec "$@"' "$STATE_DIR/$name.pid" "$@" >"$logf" 2>&1 </dev/null &
+  # The child writes its own pid, then execs: right even when setsid has to fork. fd 9 is the
+  # lock of this script: a daemon holding it would block every later `up` and `down`.
+  setsid nohup sh -c 'echo $$ >"$0"; exec "$@"' "$STATE_DIR/$name.pid" "$@" >"$logf" 2>&1 </dev/null 9>&- &
   local i
   for i in $(seq 50); do
     [[ -s $STATE_DIR/$name.pid ]] && break
@@ -261,9 +271,9 @@ tansu_up() {
   done
 }
 
-# topic_partitions METADATA_JSON TOPIC: the partition count, empty when the topic is missing.
+# topic_partitions METADATA TOPIC: the partition count, empty when the topic is missing.
 topic_partitions() {
-  python3 -c 'import json,sys; print(json.loads(sys.argv[1])["topics"].get(sys.argv[2], ""))' "$1" "$2"
+  awk -v t="$2" '$1 == "topic" && $2 == t { print $3 }' <<<"$1"
 }
 
 tansu_status() {
@@ -275,7 +285,8 @@ tansu_status() {
     state=3
   fi
   if meta=$(probe kafka "$KAFKA_ADDR" 2>&1); then
-    printf '%s answers (Metadata: %s)\n' "$KAFKA_ADDR" "$(python3 -c 'import json,sys; t=json.loads(sys.argv[1])["topics"]; print(", ".join(f"{k}({v})" for k,v in sorted(t.items())) or "no topics")' "$meta")"
+    printf '%s answers (Metadata: %s)\n' "$KAFKA_ADDR" \
+      "$(awk '$1 == "topic" { printf "%s%s(%s)", n++ ? ", " : "topics ", $2, $3 } END { if (!n) printf "no topics" }' <<<"$meta")"
   else
     printf '%s not answering (%s)\n' "$KAFKA_ADDR" "$meta"
     state=3
@@ -338,7 +349,7 @@ garage_up() {
   [[ $node =~ ^[0-9a-f]{64}$ ]] || die "garage node id gave '$node'$(log_tail "$STATE_DIR/garage.log")"
   layout=$(gcli json-api GetClusterLayout)
   local state
-  state=$(python3 -c '
+  state=$(py -c '
 import json, sys
 l, node = json.loads(sys.argv[1]), sys.argv[2]
 if any(r["id"] == node for r in l["roles"]):
@@ -424,7 +435,6 @@ lock() {
 }
 
 cmd_up() {
-  command -v python3 >/dev/null 2>&1 || die "python3 is required"
   mkdir -p "$STATE_DIR"
   local t0=$SECONDS
   tansu_up
@@ -464,6 +474,9 @@ cmd_reset() {
   cmd_up
 }
 
+case ${1:-} in
+  up | down | reset | status) find_python ;;
+esac
 case ${1:-} in
   up) lock && cmd_up ;;
   down) lock && cmd_down ;;

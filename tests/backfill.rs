@@ -57,10 +57,15 @@ async fn pg() -> tokio_postgres::Client {
 async fn backfill_killed_and_resumed_runs_every_interval_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let sfx = format!("{}_{}", std::process::id(), rand::random::<u32>());
-    let (a, b) = (format!("bf_a_{sfx}"), format!("bf_b_{sfx}"));
+    let (a, b, execs) = (
+        format!("bf_a_{sfx}"),
+        format!("bf_b_{sfx}"),
+        format!("bf_x_{sfx}"),
+    );
     let db = pg().await;
     db.batch_execute(&format!(
-        "CREATE TABLE {a} (day date NOT NULL); CREATE TABLE {b} (day date NOT NULL)"
+        "CREATE TABLE {a} (day date NOT NULL); CREATE TABLE {b} (day date NOT NULL); \
+         CREATE TABLE {execs} (day date NOT NULL, step text NOT NULL)"
     ))
     .await
     .expect("tables");
@@ -81,14 +86,18 @@ steps:
     kind: sql
     connection: pg
     query: |
+      DELETE FROM {a} WHERE day = {{{{ ds | sql_literal }}}};
       INSERT INTO {a} (day) VALUES ({{{{ ds | sql_literal }}}});
+      INSERT INTO {execs} VALUES ({{{{ ds | sql_literal }}}}, 'extract');
       SELECT pg_sleep(0.08);
   - id: rollup
     kind: sql
     after: [extract]
     connection: pg
     query: |
+      DELETE FROM {b} WHERE day = {{{{ ds | sql_literal }}}};
       INSERT INTO {b} (day) VALUES ({{{{ ds | sql_literal }}}});
+      INSERT INTO {execs} VALUES ({{{{ ds | sql_literal }}}}, 'rollup');
       SELECT pg_sleep(0.08);
 "#
         ),
@@ -167,7 +176,7 @@ steps:
         text(&out)
     );
 
-    // Every interval ran exactly once (a killed interval's transaction never committed).
+    // Every interval's data is there exactly once.
     for t in [&a, &b] {
         let dupes: i64 = db
             .query_one(
@@ -186,8 +195,33 @@ steps:
             .get(0);
         assert_eq!((dupes, total), (0, 31), "table {t}");
     }
+    // No interval that had finished before the kill ran again. Only the step that was in flight when the
+    // process died may have executed twice: if the kill fell between its COMMIT and the store recording
+    // it, the resumed backfill cannot know and runs it again (at least once, as for any scheduler
+    // without two-phase commit; steps are written to be idempotent, as these are).
+    let twice: Vec<(String, String)> = db
+        .query(
+            &format!("SELECT day::text, step FROM {execs} GROUP BY day, step HAVING count(*) > 1"),
+            &[],
+        )
+        .await
+        .expect("q")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(twice.len() <= 1, "steps that ran twice: {twice:?}");
+    let executions: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {execs}"), &[])
+        .await
+        .expect("q")
+        .get(0);
+    assert!(
+        (62..=63).contains(&executions),
+        "{executions} step executions for 62 step-intervals"
+    );
 
-    // The store agrees: one successful attempt per step and interval.
+    // The store agrees: every step of every interval succeeded exactly once; the run that was killed
+    // is recorded as failed, its in-flight attempt as interrupted.
     let store = Store::open("sqlite://.cranium/state.db", dir.path())
         .await
         .expect("store");
@@ -197,16 +231,16 @@ steps:
     assert_eq!(records.len(), 62);
     assert!(records.iter().all(|r| r.state == StepState::Success));
     let mut interrupted = 0;
-    for r in records.iter().filter(|r| r.step == "extract") {
+    for r in &records {
         let attempts = store
-            .attempts("bf", r.interval.start, None)
+            .attempts("bf", r.interval.start, Some(&r.step))
             .await
             .expect("attempts");
         let ok = attempts
             .iter()
             .filter(|x| x.state == StepState::Success)
             .count();
-        assert_eq!(ok, 2, "{attempts:?}");
+        assert_eq!(ok, 1, "{attempts:?}");
         interrupted += attempts
             .iter()
             .filter(|x| {
@@ -215,6 +249,7 @@ steps:
                     .is_some_and(|e| e.contains("interrupted"))
             })
             .count();
+        assert!(attempts.len() <= 2, "{attempts:?}");
     }
     assert!(interrupted <= 1, "{interrupted} interrupted attempts");
 
@@ -248,6 +283,19 @@ steps:
     );
 
     // clear marks an interval for rerun; the next backfill runs just that one.
+    let count_execs = |step: &str| {
+        format!("SELECT count(*) FROM {execs} WHERE day = '2026-01-10' AND step = '{step}'")
+    };
+    let rollup_before: i64 = db
+        .query_one(&count_execs("rollup"), &[])
+        .await
+        .expect("q")
+        .get(0);
+    let extract_before: i64 = db
+        .query_one(&count_execs("extract"), &[])
+        .await
+        .expect("q")
+        .get(0);
     let out = run(cranium(
         dir.path(),
         &[
@@ -273,26 +321,85 @@ steps:
         "{}",
         text(&out)
     );
-    let n: i64 = db
-        .query_one(
-            &format!("SELECT count(*) FROM {b} WHERE day = '2026-01-10'"),
-            &[],
-        )
-        .await
-        .expect("q")
-        .get(0);
-    assert_eq!(n, 2, "the cleared step ran again (and only it)");
-    let n: i64 = db
-        .query_one(
-            &format!("SELECT count(*) FROM {a} WHERE day = '2026-01-10'"),
-            &[],
-        )
-        .await
-        .expect("q")
-        .get(0);
-    assert_eq!(n, 1);
+    let execs_of = |step: &'static str| {
+        let q =
+            format!("SELECT count(*) FROM {execs} WHERE day = '2026-01-10' AND step = '{step}'");
+        let db = &db;
+        async move { db.query_one(&q, &[]).await.expect("q").get::<_, i64>(0) }
+    };
+    assert_eq!(
+        execs_of("rollup").await,
+        rollup_before + 1,
+        "the cleared step ran again"
+    );
+    assert_eq!(execs_of("extract").await, extract_before, "and only it");
 
-    db.batch_execute(&format!("DROP TABLE {a}; DROP TABLE {b}"))
-        .await
-        .expect("drop");
+    db.batch_execute(&format!(
+        "DROP TABLE {a}; DROP TABLE {b}; DROP TABLE {execs}"
+    ))
+    .await
+    .expect("drop");
+}
+
+/// `--log-format json` writes every attempt's log as JSON lines with the run, job, step and attempt;
+/// secrets in a connection URL never reach a log or the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_their_fields_and_no_secret() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("cranium.yaml"),
+        "connections:\n  pg:\n    kind: postgres\n    url: ${CRANIUM_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}\n  bad:\n    kind: postgres\n    url: postgres://etl:s3cr3t-pw@127.0.0.1:1/none\n",
+    )
+    .expect("cranium.yaml");
+    std::fs::create_dir(dir.path().join("jobs")).expect("jobs");
+    std::fs::write(
+        dir.path().join("jobs/j.yaml"),
+        "job: j\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n  - id: ok\n    kind: sql\n    connection: pg\n    query: SELECT 1\n  - id: unreachable\n    kind: sql\n    connection: bad\n    query: SELECT 1\n",
+    )
+    .expect("job");
+    let out = run(cranium(
+        dir.path(),
+        &["--log-format", "json", "run", "j", "--at", "2026-03-01"],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t-pw"), "{}", text(&out));
+    assert!(text(&out).contains("etl:***@"), "{}", text(&out));
+    let logs = dir.path().join(".cranium/logs/j/20260301T000000Z");
+    for step in ["ok", "unreachable"] {
+        let file = std::fs::read_dir(logs.join(step))
+            .expect("log dir")
+            .next()
+            .expect("a log")
+            .expect("entry")
+            .path();
+        let body = std::fs::read_to_string(&file).expect("read log");
+        assert!(!body.contains("s3cr3t-pw"), "{body}");
+        for line in body.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert_eq!(v["job"], "j");
+            assert_eq!(v["step"], step);
+            assert_eq!(v["attempt"], 1);
+            assert!(
+                v["run_id"].as_i64().is_some() && v["time"].is_string() && v["level"].is_string(),
+                "{v}"
+            );
+        }
+    }
+    // `logs --follow` ends by itself once no attempt is running.
+    let out = run(cranium(
+        dir.path(),
+        &["logs", "j", "2026-03-01", "--follow"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("== ok run 1 attempt 1 (success)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("== unreachable run 1 attempt 1 (failed)"),
+        "{}",
+        text(&out)
+    );
 }

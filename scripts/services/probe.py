@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Readiness probes for scripts/services.sh, Python standard library only.
 
-    probe.py kafka HOST:PORT            ApiVersions v0 + Metadata v1 round trip; prints JSON
-                                        {"brokers": [...], "topics": {name: partitions}}
+    probe.py kafka HOST:PORT            ApiVersions v0 + Metadata v1 round trip; prints
+                                        `broker ID HOST:PORT` and `topic NAME PARTITIONS` lines
     probe.py http URL                   any HTTP answer; prints the status and the first line
                                         of the body; exit 0 only for 200
     probe.py s3-anon URL                unauthenticated GET, expects an S3 XML <Error>; prints
@@ -11,20 +11,13 @@
                                         SigV4-signed ListObjectsV2 (max-keys=1), expects 200
 
 Exit status: 0 ready, 1 answered but not as expected, 2 no answer (refused, timeout, reset).
-Proxies from the environment are ignored: every target is on loopback.
+HTTP goes straight to the address (http.client): proxy variables in the environment do not apply.
 """
 
-import datetime
-import hashlib
-import hmac
-import json
 import re
 import socket
 import struct
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 TIMEOUT = 3.0
 
@@ -103,15 +96,14 @@ def kafka(addr):
             raise BadAnswer(f"broker does not offer Metadata v1 (offers {lo}..{hi})")
         # Metadata v1 with a null topic array: every topic.
         r = _Reader(_kafka_call(sock, 3, 1, 2, struct.pack(">i", -1)))
-        brokers = []
+        lines = []
         for _ in range(r.take(">i")):
             node_id = r.take(">i")
             bhost = r.string()
             bport = r.take(">i")
             r.string()  # rack
-            brokers.append({"node_id": node_id, "host": bhost, "port": bport})
+            lines.append(f"broker {node_id} {bhost}:{bport}")
         r.take(">i")  # controller id
-        topics = {}
         for _ in range(r.take(">i")):
             r.take(">h")  # topic error code
             name = r.string()
@@ -122,8 +114,8 @@ def kafka(addr):
                 for _ in range(2):  # replicas, isr
                     n = r.take(">i")
                     r.pos += 4 * n
-            topics[name] = partitions
-        return {"brokers": brokers, "topics": topics}
+            lines.append(f"topic {name} {partitions}")
+        print("\n".join(lines))
     except (OSError, socket.timeout) as e:
         raise NoAnswer(f"{addr}: {e}")
     except struct.error as e:
@@ -134,18 +126,27 @@ def kafka(addr):
 
 # --- HTTP / S3 -------------------------------------------------------------------------------
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+def _split(url):
+    m = re.fullmatch(r"http://([^/?#]+)(.*)", url)
+    if not m:
+        raise SystemExit(f"probe.py: not an http:// URL: {url}")
+    return m.group(1), m.group(2) or "/"
 
 
 def _get(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
+    import http.client
+
+    netloc, path = _split(url)
+    conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
     try:
-        with _OPENER.open(req, timeout=TIMEOUT) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise NoAnswer(f"{url}: {getattr(e, 'reason', e)}")
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise NoAnswer(f"{url}: {e}")
+    finally:
+        conn.close()
 
 
 def http(url):
@@ -165,18 +166,22 @@ def s3_anon(url):
     print(m.group(1))
 
 
-def _sign(key, msg):
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-
 def s3_signed(endpoint, region, key_id, secret, bucket):
-    u = urllib.parse.urlsplit(endpoint)
+    import datetime
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    def _sign(key, msg):
+        return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+    netloc, _ = _split(endpoint)
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     path = "/" + urllib.parse.quote(bucket, safe="")
     query = "list-type=2&max-keys=1"
     payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": u.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    headers = {"host": netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
     signed = ";".join(sorted(headers))
     canonical = "\n".join(
         ["GET", path, query, "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload]
@@ -192,7 +197,7 @@ def s3_signed(endpoint, region, key_id, secret, bucket):
     headers["Authorization"] = (
         f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"
     )
-    status, body = _get(f"{u.scheme}://{u.netloc}{path}?{query}", headers)
+    status, body = _get(f"http://{netloc}{path}?{query}", headers)
     text = body.decode("utf-8", "replace")
     if status != 200 or "<ListBucketResult" not in text:
         m = re.search(r"<Code>([^<]*)</Code>.*?<Message>([^<]*)</Message>", text, re.S)
@@ -208,9 +213,7 @@ def main(argv):
         return 64
     fn, _ = cmds[argv[1]]
     try:
-        out = fn(*argv[2:])
-        if out is not None:
-            print(json.dumps(out, sort_keys=True))
+        fn(*argv[2:])
         return 0
     except NoAnswer as e:
         print(f"no answer: {e}", file=sys.stderr)

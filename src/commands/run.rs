@@ -745,8 +745,9 @@ pub fn logs(
                 if seen.is_none() {
                     let _ = writeln!(
                         out,
-                        "== {} attempt {} ({}) {}",
+                        "== {} run {} attempt {} ({}) {}",
                         a.step,
+                        a.run_id,
                         a.attempt,
                         a.state.as_str(),
                         path
