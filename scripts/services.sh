@@ -150,6 +150,13 @@ running() {
   pid=$(<"$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
+  # A service that died while the `up` that started it still runs is a zombie until that exits.
+  if [[ -r /proc/$pid/stat ]]; then
+    local stat
+    stat=$(<"/proc/$pid/stat")
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]] || return 1
+  fi
   # Guard against a recycled pid (sh and env: the moment before they exec the service).
   if [[ -r /proc/$pid/comm ]]; then
     case $(<"/proc/$pid/comm") in
@@ -201,29 +208,35 @@ wait_until() {
   done
 }
 
-# stop NAME: SIGTERM, then SIGKILL after 10 seconds.
+# stop NAME...: SIGTERM to all (each takes 2-3 s to shut down cleanly), then SIGKILL to any
+# still alive after 10 seconds.
 stop() {
-  local name=$1 pid i
-  if ! pid=$(running "$name"); then
-    rm -f "$STATE_DIR/$name.pid"
-    echo "$name: not running"
-    return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
+  local name pid i names=() pids=()
+  for name in "$@"; do
+    if pid=$(running "$name"); then
+      kill -TERM "$pid" 2>/dev/null || true
+      names+=("$name")
+      pids+=("$pid")
+    else
+      rm -f "$STATE_DIR/$name.pid"
+      echo "$name: not running"
+    fi
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) ignored SIGTERM for 10s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
+  local deadline=$((SECONDS + 10))
+  for i in "${!pids[@]}"; do
+    pid=${pids[$i]}
+    name=${names[$i]}
+    while running "$name" >/dev/null && ((SECONDS < deadline)); do
       sleep 0.1
     done
-  fi
-  rm -f "$STATE_DIR/$name.pid"
-  echo "$name: stopped (pid $pid)"
+    if running "$name" >/dev/null; then
+      log "$name (pid $pid) ignored SIGTERM for 10s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      while running "$name" >/dev/null; do sleep 0.1; done
+    fi
+    rm -f "$STATE_DIR/$name.pid"
+    echo "$name: stopped (pid $pid)"
+  done
 }
 
 # --- tansu -----------------------------------------------------------------------------------
@@ -452,8 +465,7 @@ EOF
 }
 
 cmd_down() {
-  stop garage
-  stop tansu
+  stop garage tansu
 }
 
 cmd_status() {
