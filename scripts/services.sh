@@ -45,6 +45,8 @@ S3_KEY_NAME=cranium-test
 S3_BUCKET=cranium-lake
 
 GARAGE_CONFIG=$STATE_DIR/garage.toml
+TANSU= # the binaries, resolved (and installed when missing) by `up`
+GARAGE=
 CARGO_BIN_DIR=${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -167,6 +169,11 @@ running() {
   printf '%s\n' "$pid"
 }
 
+# stopped_state NAME: for status, when `running` says no.
+stopped_state() {
+  if [[ -f $STATE_DIR/$1.pid ]]; then echo "stale pid file"; else echo stopped; fi
+}
+
 # port_in_use HOST:PORT
 port_in_use() {
   py -c 'import socket,sys; h,p=sys.argv[1].rsplit(":",1); socket.create_connection((h,int(p)),1).close()' "$1" 2>/dev/null
@@ -242,8 +249,7 @@ stop() {
 # --- tansu -----------------------------------------------------------------------------------
 
 tansu_up() {
-  local bin pid
-  bin=$(tansu_bin)
+  local bin=$TANSU pid
   if pid=$(running tansu); then
     log "tansu: already running (pid $pid)"
   else
@@ -294,7 +300,7 @@ tansu_status() {
   if pid=$(running tansu); then
     printf 'kafka  tansu   running  pid %-7s ' "$pid"
   else
-    printf 'kafka  tansu   stopped  %-11s ' ""
+    printf 'kafka  tansu   %-20s ' "$(stopped_state tansu)"
     state=3
   fi
   if meta=$(probe kafka "$KAFKA_ADDR" 2>&1); then
@@ -339,7 +345,6 @@ garage_config() {
 
 garage_up() {
   local pid addr
-  GARAGE=$(garage_bin)
   garage_config
   if pid=$(running garage); then
     log "garage: already running (pid $pid)"
@@ -408,7 +413,7 @@ garage_status() {
   if pid=$(running garage); then
     printf 's3     garage  running  pid %-7s ' "$pid"
   else
-    printf 's3     garage  stopped  %-11s ' ""
+    printf 's3     garage  %-20s ' "$(stopped_state garage)"
     state=3
   fi
   if out=$(probe s3-anon "http://$S3_ADDR/" 2>&1); then
@@ -450,10 +455,13 @@ lock() {
 cmd_up() {
   mkdir -p "$STATE_DIR"
   local t0=$SECONDS
+  # Both binaries first (installing what is missing), so a failure starts nothing.
+  TANSU=$(tansu_bin)
+  GARAGE=$(garage_bin)
   tansu_up
   garage_up
   local tv gv
-  tv=$("$(tansu_bin)" --version 2>/dev/null | head -n 1)
+  tv=$("$TANSU" --version 2>/dev/null | head -n 1)
   gv=$("$GARAGE" --version 2>/dev/null | head -n 1 | cut -d' ' -f1-2)
   cat <<EOF
 services up in $((SECONDS - t0))s (state and logs: $STATE_DIR)
@@ -486,17 +494,20 @@ cmd_reset() {
   cmd_up
 }
 
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
 case ${1:-} in
   up | down | reset | status) find_python ;;
 esac
 case ${1:-} in
-  up) lock && cmd_up ;;
-  down) lock && cmd_down ;;
-  reset) lock && cmd_reset ;;
+  up) lock; cmd_up ;;
+  down) lock; cmd_down ;;
+  reset) lock; cmd_reset ;;
   status) cmd_status ;;
   env) print_env ;;
+  -h | --help | help) usage ;;
   *)
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+    usage >&2
     exit 64
     ;;
 esac
