@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The demo: builds the release binary and runs the reference pipeline's events_daily rollups for one day.
+# The demo: builds the release binary and runs the reference pipeline for one day.
 #
 #   1. build        cargo build --release --locked
 #   2. lint         check, list, graph, and what check says about a bad job file
-#   3. production   seed the product database (users, channels, recipes) in MariaDB `test`
-#   4. warehouse    fill the warehouse tables in PostgreSQL `test` (schema analytics) -- a stand-in for the
+#   3. events       start tansu (Kafka) and garage (S3) with scripts/services.sh (installed on first use),
+#                   produce DAY's app events and partner API requests (with late and malformed records),
+#                   run events_hourly for DAY's 24 hours: hourly folders in S3, dead letters, manifests
+#   4. production   seed the product database (users, channels, recipes) in MariaDB `test`
+#   5. warehouse    fill the warehouse tables in PostgreSQL `test` (schema analytics) -- a stand-in for the
 #                   product_daily and events_daily loads, which arrive with the load issue
-#   5. run          cranium clear + run of events_daily's SQL and Lua steps for DAY, then runs and logs
-#   6. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
+#   6. run          cranium clear + run of events_daily's SQL and Lua steps for DAY, then runs and logs
+#   7. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
 # password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
@@ -81,7 +84,55 @@ else
   echo "(check exited $?, as it should)"
 fi
 
-section "3. production: seed the product database in MariaDB (users, channels, recipes)"
+section "3. events: Kafka (tansu) and S3 (garage) on loopback; a day of events; events_hourly for its 24 hours"
+bash scripts/services.sh up | sed -n '1,4p'
+eval "$(bash scripts/services.sh env)"
+svc_dir=${CRANIUM_SERVICES_DIR:-$HOME/.cache/cranium/services}
+cargo build --release --locked -q --example kafka_produce
+produce="${CARGO_TARGET_DIR:-target}/release/examples/kafka_produce"
+for topic in app_events api_requests; do
+  python3 scripts/demo/generate.py events-jsonl --day "$DAY" --topic "$topic" > "$tmp/$topic.jsonl"
+  # The topics live in the broker's memory: a second demo run finds them filled and adds nothing.
+  if [ -e "$svc_dir/demo-produced-$topic-$DAY-$(cat "$svc_dir/tansu.pid" 2>/dev/null)" ]; then
+    echo "$topic: already holds $DAY's records (produced by an earlier demo run against this broker)"
+  else
+    "$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --jsonl "$tmp/$topic.jsonl" \
+      | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"topic\"]}: produced {r[\"records\"]:,} records ({r[\"bytes\"]/1e6:.1f} MB) in {r[\"seconds\"]:.1f}s")'
+    touch "$svc_dir/demo-produced-$topic-$DAY-$(cat "$svc_dir/tansu.pid")"
+  fi
+done
+echo
+echo "\$ cranium backfill events_hourly --from $DAY --to $NEXT --max-active-runs 1"
+"$bin" backfill events_hourly --from "$DAY" --to "$NEXT" --max-active-runs 1 | tail -n 3
+echo
+echo "\$ cranium logs events_hourly ${DAY}T20:00 extract_app_events"
+"$bin" logs events_hourly "${DAY}T20:00" extract_app_events | grep -E "batch|succeeded" | cut -c1-220
+echo
+echo "-- what landed in S3 (manifests of the 24 runs, from the metadata store):"
+python3 - "$DAY" "$NEXT" <<'PY'
+import json, sqlite3, sys
+db = sqlite3.connect(".cranium/state.db")
+rows = db.execute(
+    "SELECT step, outputs FROM step_intervals WHERE job = 'events_hourly' AND state = 'success' "
+    "AND interval_start >= ? AND interval_start < ? ORDER BY step, interval_start", sys.argv[1:3]).fetchall()
+by_step = {}
+for step, outputs in rows:
+    o = json.loads(outputs) or {}
+    s = by_step.setdefault(step, {"runs": 0, "records": 0, "objects": 0, "dead": 0, "bytes": 0, "hours": set()})
+    s["runs"] += 1
+    s["records"] += o.get("records", 0)
+    s["objects"] += o.get("objects", 0)
+    s["dead"] += o.get("dead_letters", 0)
+    s["bytes"] += o.get("stored_bytes", 0)
+    for m in o.get("manifests", []):
+        for obj in m.get("objects", []):
+            s["hours"].add("/".join(obj["key"].split("/")[-5:-1]))
+for step, s in by_step.items():
+    print(f"{step}: {s['runs']} runs, {s['records']:,} records in {s['objects']} objects "
+          f"({s['bytes']/1e6:.1f} MB gzip) over {len(s['hours'])} hour folders, {s['dead']} dead letters")
+PY
+
+section "4. production: seed the product database in MariaDB (users, channels, recipes)"
 python3 scripts/demo/generate.py product | mysql_
 mysql_ -t -e "
   SELECT (SELECT COUNT(*) FROM users) AS users, (SELECT COUNT(*) FROM channels) AS channels,
@@ -92,7 +143,7 @@ mysql_ -t -e "
     AND LENGTH(r.name) - CHAR_LENGTH(r.name) > 2 ORDER BY r.id LIMIT 3;" \
   || die "cannot query the seeded product database"
 
-section "4. warehouse: analytics.* in PostgreSQL (stand-in for product_daily and events_daily loads, which arrive with the load issue)"
+section "5. warehouse: analytics.* in PostgreSQL (stand-in for product_daily and events_daily loads, which arrive with the load issue)"
 python3 scripts/demo/generate.py warehouse-ddl | psql_
 # product_daily stand-in: copy the three tables from MariaDB as they are (mariadb -B escapes like COPY text).
 for spec in \
@@ -114,7 +165,7 @@ psql_ -P footer=off -c "
       WHERE properties::text LIKE '%@%' ORDER BY event_time LIMIT 2"
 echo "(raw e-mail addresses: the stand-in skips events_hourly, whose transform scripts/lua/scrub_emails.lua removes them)"
 
-section "5. run: events_daily's SQL and Lua steps for $DAY"
+section "6. run: events_daily's SQL and Lua steps for $DAY"
 echo "\$ cranium clear events_daily --from $DAY --to $NEXT"
 "$bin" clear events_daily --from "$DAY" --to "$NEXT"
 echo
@@ -127,7 +178,7 @@ echo
 echo "\$ cranium logs events_daily $DAY check_volume"
 "$bin" logs events_daily "$DAY" check_volume
 
-section "6. rollups (psql)"
+section "7. rollups (psql)"
 psql_ -P footer=off <<SQL
 \\echo 'daily active users by platform (analytics.daily_active_users)'
 SELECT platform, users, events, round(events::numeric / users, 1) AS events_per_user

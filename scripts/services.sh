@@ -132,7 +132,8 @@ tansu_bin() {
 garage_bin() {
   local bin
   if ! bin=$(find_bin garage "${GARAGE_BIN:-}"); then
-    cargo_install garage "$GARAGE_VERSION"
+    # Only the sqlite metadata engine (the config uses it): no metrics, lmdb or k2v to build.
+    cargo_install garage "$GARAGE_VERSION" --no-default-features --features bundled-libs,sqlite
     bin=$(find_bin garage "") || die "garage is still not found after cargo install (is $CARGO_BIN_DIR writable?)"
   fi
   # The CLI below (json-api, node id, key import --yes) is garage 2.x.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then formatting, lints and every test.
+# The test command: installs and starts what the tests need (graphviz, tansu, garage), then formatting,
+# lints and every test.
 # Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,10 @@ if ! command -v dot >/dev/null 2>&1; then
       || echo "test.sh: could not install graphviz; the dot rendering test will fail" >&2
   fi
 fi
+
+# The Kafka broker and the S3 server (installed on first use, ~20 minutes once; then seconds).
+bash scripts/services.sh up >/dev/null
+eval "$(bash scripts/services.sh env)"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -174,6 +174,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RunsOut::Table)]
         format: RunsOut,
     },
+    /// Show how far each kafka_to_s3 step's consumer group is behind, per topic partition.
+    #[command(after_help = "Examples:\n  cranium lag\n  cranium lag events_hourly --format json")]
+    Lag {
+        job: Option<String>,
+        #[arg(long, value_enum, default_value_t = RunsOut::Table)]
+        format: RunsOut,
+    },
     /// Print the logs of every attempt of a job's interval (or of one step).
     #[command(
         after_help = "Examples:\n  cranium logs events_daily 2026-03-01\n  cranium logs events_daily 2026-03-01 daily_active_users --follow"
@@ -299,6 +306,13 @@ fn main() -> ExitCode {
                 dry_run,
             };
             commands::run::backfill(project, &args, log_format, &mut out, &mut err)
+        }
+        Command::Lag { job, format } => {
+            let format = match format {
+                RunsOut::Table => RunsFormat::Table,
+                RunsOut::Json => RunsFormat::Json,
+            };
+            commands::run::lag(project, job.as_deref(), format, &mut out, &mut err)
         }
         Command::Runs {
             job,

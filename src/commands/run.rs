@@ -674,6 +674,78 @@ pub fn runs(
     })
 }
 
+/// `cranium lag [JOB]`: how far each Kafka-reading step's group is behind each partition, as recorded
+/// after its latest successful run.
+pub fn lag(
+    project: Option<&Path>,
+    job: Option<&str>,
+    format: RunsFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let c = match load(project, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime(err) else {
+        return EXIT_FAILED;
+    };
+    rt.block_on(async {
+        let store = match open_store(&c, err).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let rows = match store.consumer_lag(job).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(err, "error: metadata store: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        match format {
+            RunsFormat::Json => match serde_json::to_string(&rows) {
+                Ok(j) => {
+                    let _ = writeln!(out, "{j}");
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return EXIT_FAILED;
+                }
+            },
+            RunsFormat::Table => {
+                let mut t = vec![[
+                    "JOB".to_string(),
+                    "STEP".to_string(),
+                    "TOPIC".to_string(),
+                    "PARTITION".to_string(),
+                    "COMMITTED".to_string(),
+                    "END".to_string(),
+                    "LAG".to_string(),
+                    "RECORDED (UTC)".to_string(),
+                ]];
+                for r in &rows {
+                    t.push([
+                        r.job.clone(),
+                        r.step.clone(),
+                        r.topic.clone(),
+                        r.partition.to_string(),
+                        r.committed_offset.to_string(),
+                        r.end_offset.to_string(),
+                        r.lag.to_string(),
+                        r.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]);
+                }
+                if rows.is_empty() {
+                    let _ = writeln!(out, "no consumer lag recorded yet (it is recorded after each successful run of a kafka_to_s3 step)");
+                } else {
+                    let _ = write!(out, "{}", table(&t));
+                }
+            }
+        }
+        EXIT_OK
+    })
+}
+
 /// `cranium logs JOB INTERVAL [STEP] [--follow]`.
 pub fn logs(
     project: Option<&Path>,

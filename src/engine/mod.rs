@@ -732,6 +732,25 @@ impl Engine {
                             },
                         )
                         .await?;
+                    if !out.consumer_lag.is_empty() {
+                        let now = chrono::Utc::now();
+                        let rows: Vec<crate::store::ConsumerLag> = out
+                            .consumer_lag
+                            .iter()
+                            .map(|l| crate::store::ConsumerLag {
+                                job: job_name.to_string(),
+                                step: spec.id.clone(),
+                                topic: l.topic.clone(),
+                                partition: l.partition,
+                                committed_offset: l.committed_offset,
+                                end_offset: l.end_offset,
+                                lag: (l.end_offset - l.committed_offset).max(0),
+                                run_id: Some(run_id),
+                                recorded_at: now,
+                            })
+                            .collect();
+                        self.store.record_consumer_lag(&rows).await?;
+                    }
                     self.persist(
                         run_id,
                         job_name,

@@ -26,7 +26,7 @@ pub mod s3_to_redshift;
 pub mod sql_step;
 pub mod validate;
 
-pub use runtime::{ErrorClass, RunCx, StepError, StepOutput};
+pub use runtime::{ErrorClass, PartitionLag, RunCx, StepError, StepOutput};
 
 /// What every step kind implements.
 pub trait Step: fmt::Debug + Send + Sync {

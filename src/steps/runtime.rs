@@ -94,6 +94,19 @@ pub struct StepOutput {
     pub bytes: Option<i64>,
     /// Small values that downstream templates read as `steps.<id>.outputs.<name>`.
     pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// For steps that read Kafka: where the group stands on each partition after the run.
+    pub consumer_lag: Vec<PartitionLag>,
+}
+
+/// A consumer group's position on one topic partition after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the group will read.
+    pub committed_offset: i64,
+    /// The offset after the partition's last record when measured.
+    pub end_offset: i64,
 }
 
 /// Everything a running step needs.

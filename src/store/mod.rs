@@ -275,6 +275,22 @@ impl AttemptResult {
     }
 }
 
+/// How far a step's consumer group is behind one topic partition, after its latest successful run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerLag {
+    pub job: String,
+    pub step: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the group will read.
+    pub committed_offset: i64,
+    /// The offset after the partition's last record when the lag was measured.
+    pub end_offset: i64,
+    pub lag: i64,
+    pub run_id: Option<i64>,
+    pub recorded_at: DateTime<Utc>,
+}
+
 /// Which runs `runs` returns.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -297,18 +313,32 @@ pub struct Migration {
 }
 
 /// SQLite migrations, in version order.
-pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_consumer_lag.sql",
+        sql: include_str!("migrations/sqlite/0002_consumer_lag.sql"),
+    },
+];
 
 /// PostgreSQL migrations, in version order.
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("migrations/postgres/0001_init.sql"),
-}];
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_consumer_lag.sql",
+        sql: include_str!("migrations/postgres/0002_consumer_lag.sql"),
+    },
+];
 
 /// The migrations after `current`, or an error when the store is newer than this binary.
 fn pending_migrations(
@@ -501,6 +531,17 @@ impl Store {
     }
 
     /// Records that the process running `run_id` is alive.
+    /// Replaces the recorded lag of each (job, step, topic, partition) in `rows`.
+    pub async fn record_consumer_lag(&self, rows: &[ConsumerLag]) -> Result<(), StoreError> {
+        dispatch!(self.record_consumer_lag(rows))
+    }
+
+    /// The latest lag of every partition read by `job` (every job when None), by job, step, topic,
+    /// partition.
+    pub async fn consumer_lag(&self, job: Option<&str>) -> Result<Vec<ConsumerLag>, StoreError> {
+        dispatch!(self.consumer_lag(job))
+    }
+
     pub async fn heartbeat(&self, run_id: i64) -> Result<(), StoreError> {
         dispatch!(self.heartbeat(run_id))
     }

@@ -33,8 +33,8 @@ use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::{
     clamp_bound, pending_migrations, redact_url, stale_duration, AttemptRecord, AttemptResult,
-    Interval, RunFilter, RunRecord, RunState, StepIntervalRecord, StepState, StoreError, Trigger,
-    INTERRUPTED, POSTGRES_MIGRATIONS,
+    ConsumerLag, Interval, RunFilter, RunRecord, RunState, StepIntervalRecord, StepState,
+    StoreError, Trigger, INTERRUPTED, POSTGRES_MIGRATIONS,
 };
 
 /// The timeout of every operation.
@@ -773,6 +773,70 @@ impl PgStore {
                 )
                 .await
             }
+        })
+        .await
+    }
+
+    pub async fn record_consumer_lag(&self, rows: &[ConsumerLag]) -> Result<(), StoreError> {
+        const OP: &str = "record_consumer_lag";
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            for r in rows {
+                c.execute(
+                    OP,
+                    "INSERT INTO consumer_lag (job, step, topic, \"partition\", committed_offset, \
+                     end_offset, lag, run_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (job, step, topic, \"partition\") DO UPDATE SET \
+                     committed_offset = EXCLUDED.committed_offset, end_offset = EXCLUDED.end_offset, \
+                     lag = EXCLUDED.lag, run_id = EXCLUDED.run_id, recorded_at = EXCLUDED.recorded_at",
+                    &[
+                        &r.job,
+                        &r.step,
+                        &r.topic,
+                        &r.partition,
+                        &r.committed_offset,
+                        &r.end_offset,
+                        &r.lag,
+                        &r.run_id,
+                        &r.recorded_at,
+                    ],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn consumer_lag(&self, job: Option<&str>) -> Result<Vec<ConsumerLag>, StoreError> {
+        const OP: &str = "consumer_lag";
+        let job = job.map(str::to_string);
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            let rows = c
+                .query(
+                    OP,
+                    "SELECT job, step, topic, \"partition\", committed_offset, end_offset, lag, run_id, \
+                     recorded_at FROM consumer_lag WHERE $1::text IS NULL OR job = $1 \
+                     ORDER BY job, step, topic, \"partition\"",
+                    &[&job],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ConsumerLag {
+                        job: r.try_get(0).map_err(err(OP))?,
+                        step: r.try_get(1).map_err(err(OP))?,
+                        topic: r.try_get(2).map_err(err(OP))?,
+                        partition: r.try_get(3).map_err(err(OP))?,
+                        committed_offset: r.try_get(4).map_err(err(OP))?,
+                        end_offset: r.try_get(5).map_err(err(OP))?,
+                        lag: r.try_get(6).map_err(err(OP))?,
+                        run_id: r.try_get(7).map_err(err(OP))?,
+                        recorded_at: r.try_get(8).map_err(err(OP))?,
+                    })
+                })
+                .collect()
         })
         .await
     }

@@ -26,8 +26,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    clamp_bound, pending_migrations, stale_duration, AttemptRecord, AttemptResult, Interval,
-    RunFilter, RunRecord, RunState, StepIntervalRecord, StepState, StoreError, Trigger,
+    clamp_bound, pending_migrations, stale_duration, AttemptRecord, AttemptResult, ConsumerLag,
+    Interval, RunFilter, RunRecord, RunState, StepIntervalRecord, StepState, StoreError, Trigger,
     INTERRUPTED, SQLITE_MIGRATIONS,
 };
 
@@ -637,6 +637,76 @@ impl SqliteStore {
                 .execute(params![job, from, to, steps, ts(now())])
                 .map_err(err(OP))?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    pub async fn record_consumer_lag(&self, rows: &[ConsumerLag]) -> Result<(), StoreError> {
+        const OP: &str = "record_consumer_lag";
+        let rows = rows.to_vec();
+        self.call(OP, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(OP))?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO consumer_lag (job, step, topic, \"partition\", committed_offset, \
+                         end_offset, lag, run_id, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                         ON CONFLICT (job, step, topic, \"partition\") DO UPDATE SET \
+                         committed_offset = excluded.committed_offset, end_offset = excluded.end_offset, \
+                         lag = excluded.lag, run_id = excluded.run_id, recorded_at = excluded.recorded_at",
+                    )
+                    .map_err(err(OP))?;
+                for r in &rows {
+                    st.execute(params![
+                        r.job,
+                        r.step,
+                        r.topic,
+                        r.partition,
+                        r.committed_offset,
+                        r.end_offset,
+                        r.lag,
+                        r.run_id,
+                        ts(r.recorded_at)
+                    ])
+                    .map_err(err(OP))?;
+                }
+            }
+            tx.commit().map_err(err(OP))
+        })
+        .await
+    }
+
+    pub async fn consumer_lag(&self, job: Option<&str>) -> Result<Vec<ConsumerLag>, StoreError> {
+        const OP: &str = "consumer_lag";
+        let job = job.map(str::to_string);
+        self.call(OP, move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT job, step, topic, \"partition\", committed_offset, end_offset, lag, run_id, \
+                     recorded_at FROM consumer_lag WHERE ?1 IS NULL OR job = ?1 \
+                     ORDER BY job, step, topic, \"partition\"",
+                )
+                .map_err(err(OP))?;
+            let mut rows = st.query(params![job]).map_err(err(OP))?;
+            let mut out = Vec::new();
+            let e = err(OP);
+            while let Some(r) = rows.next().map_err(&e)? {
+                let at: String = r.get(8).map_err(&e)?;
+                out.push(ConsumerLag {
+                    job: r.get(0).map_err(&e)?,
+                    step: r.get(1).map_err(&e)?,
+                    topic: r.get(2).map_err(&e)?,
+                    partition: r.get(3).map_err(&e)?,
+                    committed_offset: r.get(4).map_err(&e)?,
+                    end_offset: r.get(5).map_err(&e)?,
+                    lag: r.get(6).map_err(&e)?,
+                    run_id: r.get(7).map_err(&e)?,
+                    recorded_at: parse_ts(&at)?,
+                });
+            }
+            Ok(out)
         })
         .await
     }

@@ -1,0 +1,464 @@
+//! `kafka_to_s3` against the real broker (tansu) and S3 server (garage) of `scripts/services.sh up`.
+//!
+//! Each test creates its own topic and writes under its own prefix, runs the step through the engine
+//! for an hourly interval, and reads every object back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use cranium::check::check;
+use cranium::config::interp::Env;
+use cranium::engine::{Engine, RunOptions};
+use cranium::schedule::Interval;
+use cranium::store::{StepState, Store};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn hour(s: &str) -> Interval {
+    let start = t(s);
+    Interval {
+        start,
+        end: start + chrono::Duration::hours(1),
+    }
+}
+
+fn job(topic: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "job: extract\nschedule: \"@hourly\"\nstart: 2026-01-01\nsteps:\n  - id: copy\n    kind: kafka_to_s3\n    connection: events\n    topic: {topic}\n    s3: lake\n    prefix: {prefix}\n    dead_letter: {prefix}/_dead\n{extra}"
+    )
+}
+
+async fn engine(dir: &Path) -> Engine {
+    let c = check(dir, &Env::default()).expect("project loads");
+    assert!(
+        !c.diagnostics.has_errors(),
+        "{}",
+        c.diagnostics.render(&c.project.redactor)
+    );
+    let store = Store::open("sqlite://.cranium/state.db", dir)
+        .await
+        .expect("store");
+    Engine::new(c.project.clone(), c.graph.clone(), store)
+}
+
+/// Run the `extract` job for `iv`; the step's state and outputs.
+async fn run(
+    e: &Engine,
+    iv: Interval,
+) -> (
+    StepState,
+    serde_json::Map<String, serde_json::Value>,
+    String,
+) {
+    let opts = RunOptions {
+        rerun: cranium::engine::Rerun::All,
+        ..RunOptions::default()
+    };
+    let r = e
+        .run_interval("extract", iv, &opts, CancellationToken::new())
+        .await
+        .expect("run");
+    let s = r.steps.iter().find(|s| s.step == "copy").expect("step");
+    let rec = e
+        .store
+        .step_state("extract", "copy", iv.start)
+        .await
+        .expect("store")
+        .expect("record");
+    let outputs = match rec.outputs {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    (s.state, outputs, format!("{r:?}"))
+}
+
+fn event(id: u64, time: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"id": id, "time": time, "type": "click"})).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_records_into_hours_by_their_time() {
+    let topic = unique("route");
+    create_topic(&topic, 2).await;
+    let p = producer();
+    // Around the 11:00 boundary, and a late record for 09:xx that arrives after 11:xx ones.
+    let recs = vec![
+        (
+            0,
+            t("2026-03-01T10:59:59.999Z").timestamp_millis(),
+            event(1, "2026-03-01T10:59:59.999Z"),
+        ),
+        (
+            0,
+            t("2026-03-01T11:00:00Z").timestamp_millis(),
+            event(2, "2026-03-01T11:00:00Z"),
+        ),
+        (
+            1,
+            t("2026-03-01T11:30:00Z").timestamp_millis(),
+            event(3, "2026-03-01T11:30:00Z"),
+        ),
+        (
+            0,
+            t("2026-03-01T11:59:59Z").timestamp_millis(),
+            event(4, "2026-03-01T09:15:00Z"),
+        ),
+        (
+            1,
+            t("2026-03-01T11:45:00Z").timestamp_millis(),
+            event(5, "2026-03-01 12:00:00"),
+        ),
+    ];
+    produce(&p, &topic, recs);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/route");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(
+                &topic,
+                &prefix,
+                "    partition_by: field:$.time\n    format: jsonl.zst\n",
+            ),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 5);
+
+    let (s3, bucket) = s3();
+    let objects = read_objects(&s3, &bucket, &format!("{prefix}/2026/")).await;
+    let mut by_folder: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (key, lines) in &objects {
+        assert!(key.ends_with(".jsonl.zst"), "{key}");
+        let folder = key[..key.rfind('/').expect("slash")].to_string();
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            by_folder
+                .entry(folder.clone())
+                .or_default()
+                .push(v["id"].as_u64().expect("id"));
+        }
+    }
+    for ids in by_folder.values_mut() {
+        ids.sort();
+    }
+    let want: BTreeMap<String, Vec<u64>> = [
+        ("2026/03/01/09", vec![4]),
+        ("2026/03/01/10", vec![1]),
+        ("2026/03/01/11", vec![2, 3]),
+        ("2026/03/01/12", vec![5]),
+    ]
+    .into_iter()
+    .map(|(f, ids)| (format!("{prefix}/{f}"), ids))
+    .collect();
+    assert_eq!(by_folder, want);
+    // Names come from topic, partition and offsets.
+    assert!(
+        objects.iter().any(|(k, _)| k.ends_with(&format!(
+            "/2026/03/01/11/{topic}.p0.o000000000001-000000000001.jsonl.zst"
+        ))),
+        "{:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+
+    // The manifest lists every object, and the store has the same.
+    let manifests = out["manifests"].as_array().expect("manifests");
+    assert_eq!(manifests.len(), 1);
+    let m = &manifests[0];
+    assert_eq!(m["objects"].as_array().expect("objects").len(), 5);
+    assert_eq!(m["min_time"], "2026-03-01T09:15:00+00:00");
+    assert_eq!(m["offsets"]["0"], serde_json::json!([0, 3]));
+    assert_eq!(m["offsets"]["1"], serde_json::json!([0, 2]));
+    let mkeys = s3
+        .list(&bucket, &format!("{prefix}/_manifests/2026/03/01/11/"))
+        .await
+        .expect("list");
+    assert_eq!(mkeys.len(), 1);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&s3.get(&bucket, &mkeys[0].key).await.expect("get")).expect("json");
+    assert_eq!(&stored, m);
+    assert_eq!(out["lag_total"], 0);
+
+    // The next hour finds nothing new: no object is added.
+    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 0);
+    assert_eq!(
+        s3.list(&bucket, &format!("{prefix}/2026/"))
+            .await
+            .expect("list")
+            .len(),
+        5
+    );
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_objects_by_count_and_bytes_and_reads_the_last_batch() {
+    let topic = unique("rotate");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    // Three flushes: three record batches; tansu's ListOffsets answers with the last one's base.
+    for chunk in 0..3u64 {
+        let recs = (chunk * 100..chunk * 100 + 100)
+            .map(|i| {
+                (
+                    0,
+                    t("2026-03-01T11:10:00Z").timestamp_millis(),
+                    event(i, "x"),
+                )
+            })
+            .collect::<Vec<_>>();
+        produce(&p, &topic, recs);
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/rotate");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(&topic, &prefix, "    max_object_records: 120\n"),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 300, "the last record batch was left behind");
+    let (s3, bucket) = s3();
+    let keys: Vec<String> = s3
+        .list(&bucket, &format!("{prefix}/2026/03/01/11/"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{topic}.p0.o000000000000-000000000119.jsonl.gz"),
+            format!("{topic}.p0.o000000000120-000000000239.jsonl.gz"),
+            format!("{topic}.p0.o000000000240-000000000299.jsonl.gz"),
+        ]
+    );
+
+    // By bytes: each record is ~45 bytes; 1KiB objects hold about 23.
+    let topic2 = unique("rotate_bytes");
+    create_topic(&topic2, 1).await;
+    produce(
+        &p,
+        &topic2,
+        (0..100u64).map(|i| {
+            (
+                0,
+                t("2026-03-01T11:10:00Z").timestamp_millis(),
+                event(i, "x"),
+            )
+        }),
+    );
+    let prefix2 = unique("cranium-tests/rotate-bytes");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(
+                &topic2,
+                &prefix2,
+                "    max_object_bytes: 1KiB\n    format: jsonl\n",
+            ),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 100);
+    let objects = read_objects(&s3, &bucket, &format!("{prefix2}/2026/")).await;
+    assert!(objects.len() >= 4, "{}", objects.len());
+    let total: usize = objects.iter().map(|o| o.1.len()).sum();
+    assert_eq!(total, 100);
+    for (k, lines) in &objects {
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(bytes < 1024 + 64, "{k}: {bytes} bytes");
+    }
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+    s3.delete_prefix(&bucket, &format!("{prefix2}/"))
+        .await
+        .expect("clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_fail_over_the_ratio_and_a_retry_rewrites_the_same_objects() {
+    let topic = unique("dead");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    let ts = t("2026-03-01T11:10:00Z").timestamp_millis();
+    let mut recs: Vec<(i32, i64, Vec<u8>)> = (0..20u64)
+        .map(|i| (0, ts, event(i, "2026-03-01T11:10:00Z")))
+        .collect();
+    recs[3].2 = b"{\"id\": 3, \"time\": ".to_vec(); // truncated JSON
+    recs[7].2 = vec![0xff, 0xfe, b'{', b'}']; // not UTF-8
+    recs[11].2 = br#"{"id": 11}"#.to_vec(); // no time field
+    recs[15].2 = b"{\"id\": 15,\n \"time\": \"2026-03-01T11:10:00Z\"}".to_vec(); // valid, two lines
+    produce(&p, &topic, recs);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/dead");
+    let strict = job(
+        &topic,
+        &prefix,
+        "    partition_by: field:$.time\n    max_dead_letter_ratio: 0.1\n    retries: 0\n",
+    );
+    project(dir.path(), &[("extract", &strict)]);
+    let e = engine(dir.path()).await;
+    let iv = hour("2026-03-01T11:00:00Z");
+    let (state, _, report) = run(&e, iv).await;
+    assert_eq!(state, StepState::Failed, "{report}");
+    let attempts = e
+        .store
+        .attempts("extract", iv.start, Some("copy"))
+        .await
+        .expect("attempts");
+    let err = attempts
+        .last()
+        .and_then(|a| a.error.clone())
+        .unwrap_or_default();
+    assert!(
+        err.contains("3 of 20 records") && err.contains("max_dead_letter_ratio 0.1"),
+        "{err}"
+    );
+
+    // The dead letters name topic, partition, offset and reason.
+    let (s3, bucket) = s3();
+    let dead = read_objects(&s3, &bucket, &format!("{prefix}/_dead/")).await;
+    assert_eq!(dead.len(), 1);
+    let entries: Vec<serde_json::Value> = dead[0]
+        .1
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let reasons: Vec<(i64, String)> = entries
+        .iter()
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap_or(-1),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[0].0, 3);
+    assert!(reasons[0].1.starts_with("not valid JSON"), "{reasons:?}");
+    assert_eq!(reasons[1].0, 7);
+    assert!(reasons[1].1.contains("not valid UTF-8"), "{reasons:?}");
+    assert_eq!(entries[1]["payload_hex"], "fffe7b7d");
+    assert_eq!(reasons[2].0, 11);
+    assert!(reasons[2].1.contains("field $.time"), "{reasons:?}");
+    assert_eq!(entries[0]["topic"], topic.as_str());
+
+    // Objects of the failed batch are there, offsets are not committed.
+    let before = s3
+        .list(&bucket, &format!("{prefix}/2026/"))
+        .await
+        .expect("list");
+    assert_eq!(before.len(), 1);
+
+    // More records arrive; the ratio is raised. The retry first finishes the stored batch with the same
+    // keys and bytes, then reads the new records as a batch of its own.
+    produce(
+        &p,
+        &topic,
+        (20..30u64).map(|i| (0, ts, event(i, "2026-03-01T11:20:00Z"))),
+    );
+    let lenient = strict.replace("max_dead_letter_ratio: 0.1", "max_dead_letter_ratio: 0.5");
+    project(dir.path(), &[("extract", &lenient)]);
+    let e = engine(dir.path()).await;
+    let (state, out, report) = run(&e, iv).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 27);
+    assert_eq!(out["dead_letters"], 3);
+    assert_eq!(out["manifests"].as_array().map(|m| m.len()), Some(2));
+    let after = s3
+        .list(&bucket, &format!("{prefix}/2026/"))
+        .await
+        .expect("list");
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].key, before[0].key);
+    assert_eq!(
+        after[0].etag, before[0].etag,
+        "rewritten with the same bytes"
+    );
+    let mut ids: Vec<u64> = read_objects(&s3, &bucket, &format!("{prefix}/2026/"))
+        .await
+        .iter()
+        .flat_map(|o| o.1.clone())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(&l).expect("json")["id"]
+                .as_u64()
+                .expect("id")
+        })
+        .collect();
+    ids.sort();
+    let want: Vec<u64> = (0..30).filter(|i| ![3, 7, 11].contains(i)).collect();
+    assert_eq!(ids, want, "every valid record exactly once");
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_interval_end_stops_at_the_first_later_record() {
+    let topic = unique("until");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    let recs = [
+        ("2026-03-01T11:05:00Z", 1),
+        ("2026-03-01T11:59:00Z", 2),
+        ("2026-03-01T12:00:00Z", 3),
+        ("2026-03-01T12:10:00Z", 4),
+    ]
+    .map(|(time, id)| (0, t(time).timestamp_millis(), event(id, time)));
+    produce(&p, &topic, recs);
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/until");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(&topic, &prefix, "    until: interval_end\n"),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 2);
+    assert_eq!(out["lag_total"], 2);
+    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 2);
+    let (s3, bucket) = s3();
+    let objects = read_objects(&s3, &bucket, &format!("{prefix}/2026/")).await;
+    let folders: Vec<&str> = objects
+        .iter()
+        .map(|o| &o.0[prefix.len() + 1..prefix.len() + 14])
+        .collect();
+    assert_eq!(folders, ["2026/03/01/11", "2026/03/01/12"]);
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}

@@ -1,0 +1,162 @@
+//! Helpers shared by the tests that use the broker and the S3 server of `scripts/services.sh up`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cranium::config::project::S3Connection;
+use cranium::lake;
+use cranium::s3::S3Client;
+use cranium::steps::kafka_to_s3::Format;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+pub const S3_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+pub fn brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+pub fn s3_conn() -> S3Connection {
+    S3Connection {
+        endpoint: Some(env_or("S3_ENDPOINT", "http://127.0.0.1:3900")),
+        region: Some(env_or("S3_REGION", "garage")),
+        path_style: true,
+        access_key_id: Some(env_or("S3_ACCESS_KEY_ID", "GK31c2f218a2e44f485b94239e")),
+        secret_access_key: Some(env_or("S3_SECRET_ACCESS_KEY", S3_SECRET)),
+        session_token: None,
+        bucket: Some(env_or("S3_BUCKET", "cranium-lake")),
+    }
+}
+
+pub fn s3() -> (S3Client, String) {
+    let c = s3_conn();
+    let bucket = c.bucket.clone().expect("bucket");
+    (S3Client::new(&c).expect("s3 client"), bucket)
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// `cranium.yaml` with the services' connections and a SQLite store; `jobs` as (file name, text).
+pub fn project(dir: &Path, jobs: &[(&str, &str)]) {
+    let c = s3_conn();
+    std::fs::write(
+        dir.join("cranium.yaml"),
+        format!(
+            "connections:\n  events:\n    kind: kafka\n    brokers: {}\n  lake:\n    kind: s3\n    endpoint: {}\n    region: {}\n    path_style: true\n    access_key_id: {}\n    secret_access_key: {}\n    bucket: {}\n",
+            brokers(),
+            c.endpoint.unwrap_or_default(),
+            c.region.unwrap_or_default(),
+            c.access_key_id.unwrap_or_default(),
+            c.secret_access_key.unwrap_or_default(),
+            c.bucket.unwrap_or_default(),
+        ),
+    )
+    .expect("cranium.yaml");
+    std::fs::create_dir_all(dir.join("jobs")).expect("jobs");
+    for (name, text) in jobs {
+        std::fs::write(dir.join("jobs").join(format!("{name}.yaml")), text).expect("job");
+    }
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// A producer; `linger` batches records (several record batches per partition come from flushes).
+pub fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "none")
+        .set("acks", "all")
+        .set("log_level", "3")
+        .create()
+        .expect("producer")
+}
+
+/// Produce (partition, timestamp ms, payload) records and wait until every one is acknowledged.
+pub fn produce(
+    p: &BaseProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (i32, i64, Vec<u8>)>,
+) {
+    for (part, ts, payload) in records {
+        let mut rec = BaseRecord::<(), [u8]>::to(topic)
+            .partition(part)
+            .timestamp(ts)
+            .payload(&payload[..]);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "produce: {e}"
+                    );
+                    rec = r;
+                    p.poll(Duration::from_millis(20));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Every object under `prefix`, decoded into its lines: (key, lines).
+pub async fn read_objects(s3: &S3Client, bucket: &str, prefix: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for o in s3.list(bucket, prefix).await.expect("list") {
+        let data = s3.get(bucket, &o.key).await.expect("get");
+        let lines = match Format::of_key(&o.key) {
+            Some(f) => {
+                let raw = lake::decode(f, &data).expect("decode");
+                String::from_utf8(raw)
+                    .expect("utf-8")
+                    .lines()
+                    .map(|l| l.to_string())
+                    .collect()
+            }
+            None => vec![String::from_utf8_lossy(&data).to_string()],
+        };
+        out.push((o.key, lines));
+    }
+    out
+}
