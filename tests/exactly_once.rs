@@ -51,7 +51,8 @@ fn event(i: u64) -> (i32, i64, Vec<u8>) {
         "user_id": (i * 7919) % 100_000,
         "channel": channel,
         "properties": {"recipe_id": i % 5000, "session": format!("s-{:016x}", i.wrapping_mul(0x9e3779b97f4a7c15)),
-                       "note": "padding padding padding padding padding padding padding padding padding pad"},
+                       "note": "padding padding padding padding padding padding padding padding padding pad",
+                       "referrer": "https://ifttt.com/explore/smart-home-applets?utm_source=app"},
     });
     let bytes = serde_json::to_vec(&body).expect("json");
     ((i % PARTITIONS as u64) as i32, ts, bytes)
@@ -146,6 +147,21 @@ async fn killed_extraction_writes_every_record_exactly_once() {
         }
     }
     let extraction_time = extraction.elapsed();
+
+    // The store's view: attempts per hour (a killed attempt is recorded as interrupted, then retried).
+    let store = cranium::store::Store::open("sqlite://.cranium/state.db", dir.path())
+        .await
+        .expect("store");
+    let mut attempts = Vec::new();
+    for h in 0..HOURS {
+        let start = chrono::DateTime::from_timestamp(1_772_323_200 + h * 3600, 0).expect("time");
+        let a = store
+            .attempts("extract", start, Some("copy"))
+            .await
+            .expect("attempts");
+        attempts.push(a.len());
+    }
+    eprintln!("attempts per hour: {attempts:?}");
 
     // Read everything back.
     let (s3, bucket) = s3();

@@ -448,6 +448,21 @@ async fn until_interval_end_stops_at_the_first_later_record() {
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);
     assert_eq!(out["lag_total"], 2);
+    // The lag is in the metadata store, per partition.
+    let lag = e.store.consumer_lag(Some("extract")).await.expect("lag");
+    let got: Vec<(String, i32, i64, i64, i64)> = lag
+        .iter()
+        .map(|l| {
+            (
+                l.step.clone(),
+                l.partition,
+                l.committed_offset,
+                l.end_offset,
+                l.lag,
+            )
+        })
+        .collect();
+    assert_eq!(got, [("copy".to_string(), 0, 2, 4, 2)]);
     let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use cranium::schedule::Interval;
 use cranium::store::{
-    AttemptResult, RunFilter, RunState, StepState, Store, StoreError, Trigger, INTERRUPTED,
+    AttemptResult, ConsumerLag, RunFilter, RunState, StepState, Store, StoreError, Trigger,
+    INTERRUPTED,
 };
 use serde_json::json;
 
@@ -179,6 +180,7 @@ macro_rules! suite {
 
 suite!(
     migrations_are_idempotent,
+    consumer_lag_keeps_the_latest_per_partition,
     newer_store_is_refused,
     run_lifecycle,
     step_state_upserts_keep_the_latest,
@@ -217,8 +219,9 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 1, "one migration recorded: {before:?}");
+    assert_eq!(before.len(), 2, "two migrations recorded: {before:?}");
     assert!(before[0].starts_with("1 "), "{before:?}");
+    assert!(before[1].starts_with("2 "), "{before:?}");
 
     let id = h
         .store
@@ -231,6 +234,48 @@ async fn migrations_are_idempotent(h: &Harness) {
         assert_eq!(h.raw_strings(sql).await, before);
         assert_eq!(again.run(id).await.unwrap().unwrap().job, "job");
     }
+}
+
+async fn consumer_lag_keeps_the_latest_per_partition(h: &Harness) {
+    let run = h
+        .store
+        .create_run("events_hourly", hour(0), Trigger::Manual)
+        .await
+        .unwrap();
+    let row = |job: &str, p: i32, committed: i64, end: i64| ConsumerLag {
+        job: job.to_string(),
+        step: "extract".to_string(),
+        topic: "app_events".to_string(),
+        partition: p,
+        committed_offset: committed,
+        end_offset: end,
+        lag: end - committed,
+        run_id: Some(run),
+        recorded_at: now_micros(),
+    };
+    assert!(h.store.consumer_lag(None).await.unwrap().is_empty());
+    h.store
+        .record_consumer_lag(&[
+            row("events_hourly", 0, 10, 15),
+            row("events_hourly", 1, 7, 7),
+        ])
+        .await
+        .unwrap();
+    h.store
+        .record_consumer_lag(&[row("other", 0, 1, 2)])
+        .await
+        .unwrap();
+    // A later run replaces a partition's row.
+    let later = row("events_hourly", 0, 15, 40);
+    h.store.record_consumer_lag(&[later.clone()]).await.unwrap();
+    let got = h.store.consumer_lag(Some("events_hourly")).await.unwrap();
+    let summary: Vec<(i32, i64, i64, i64)> = got
+        .iter()
+        .map(|r| (r.partition, r.committed_offset, r.end_offset, r.lag))
+        .collect();
+    assert_eq!(summary, [(0, 15, 40, 25), (1, 7, 7, 0)]);
+    assert_eq!(got[0], later, "every field round-trips");
+    assert_eq!(h.store.consumer_lag(None).await.unwrap().len(), 3);
 }
 
 async fn newer_store_is_refused(h: &Harness) {
@@ -1192,5 +1237,8 @@ async fn postgres_default_schema_parameter_is_applied() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4, "runs, step_attempts, step_intervals, migrations");
+    assert_eq!(
+        n, 5,
+        "runs, step_attempts, step_intervals, consumer_lag, migrations"
+    );
 }

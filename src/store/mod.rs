@@ -629,9 +629,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            1
+            2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 1, "x")
+        assert_eq!(
+            pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
+            2
+        );
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 2, "x")
             .unwrap()
             .is_empty());
     }
