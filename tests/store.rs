@@ -267,7 +267,10 @@ async fn consumer_lag_keeps_the_latest_per_partition(h: &Harness) {
         .unwrap();
     // A later run replaces a partition's row.
     let later = row("events_hourly", 0, 15, 40);
-    h.store.record_consumer_lag(&[later.clone()]).await.unwrap();
+    h.store
+        .record_consumer_lag(std::slice::from_ref(&later))
+        .await
+        .unwrap();
     let got = h.store.consumer_lag(Some("events_hourly")).await.unwrap();
     let summary: Vec<(i32, i64, i64, i64)> = got
         .iter()
