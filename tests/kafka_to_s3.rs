@@ -477,3 +477,46 @@ async fn until_interval_end_stops_at_the_first_later_record() {
         .await
         .expect("clean");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_or_bucket_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/missing");
+    let topic = unique("no_such_topic");
+    project(dir.path(), &[("extract", &job(&topic, &prefix, ""))]);
+    let e = engine(dir.path()).await;
+    let iv = hour("2026-03-01T11:00:00Z");
+    let (state, _, report) = run(&e, iv).await;
+    assert_eq!(state, StepState::Failed, "{report}");
+    assert!(
+        report.contains(&format!("topic '{topic}' does not exist on"))
+            && report.contains("create it, or fix `topic:` in the step"),
+        "{report}"
+    );
+    // A configuration error is not retried.
+    let attempts = e
+        .store
+        .attempts("extract", iv.start, Some("copy"))
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1);
+
+    let topic = unique("bucket");
+    create_topic(&topic, 1).await;
+    produce(&producer(), &topic, [(0, 1_772_366_400_000, event(1, "x"))]);
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(
+                &topic,
+                &prefix,
+                "    bucket: no-such-bucket-here\n    retries: 0\n",
+            ),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let (state, _, report) = run(&e, iv).await;
+    assert_eq!(state, StepState::Failed, "{report}");
+    assert!(report.contains("s3://no-such-bucket-here/"), "{report}");
+}
