@@ -17,32 +17,8 @@ use cranium::s3::{S3Client, S3Error};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
-const DEFAULT_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn conn() -> S3Connection {
-    S3Connection {
-        endpoint: Some(env_or("S3_ENDPOINT", "http://127.0.0.1:3900")),
-        region: Some(env_or("S3_REGION", "garage")),
-        path_style: true,
-        access_key_id: Some(env_or("S3_ACCESS_KEY_ID", "GK31c2f218a2e44f485b94239e")),
-        secret_access_key: Some(env_or("S3_SECRET_ACCESS_KEY", DEFAULT_SECRET)),
-        session_token: None,
-        bucket: Some(env_or("S3_BUCKET", "cranium-lake")),
-    }
-}
-
-fn client() -> (S3Client, String) {
-    let c = conn();
-    let bucket = c.bucket.clone().unwrap();
-    (S3Client::new(&c).expect("client"), bucket)
-}
+mod support;
+use support::{s3 as client, s3_conn as conn};
 
 /// A key prefix no other test (or earlier run) uses.
 fn prefix(test: &str) -> String {

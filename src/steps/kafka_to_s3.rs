@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{ErrorClass, RunCx, StepError, StepOutput};
-use crate::config::project::KafkaConnection;
 use crate::config::Connection;
 use crate::kafka::{self, KafkaClientError};
 use crate::lake::{self, ObjectEntry, ObjectWriter};
@@ -507,7 +506,15 @@ impl KafkaToS3Step {
                 .await?
             };
             let (c, parts, committed, lows) = consumer;
-            let mut consumer = Some(c);
+            let mut t = TopicRun {
+                s3: &s3,
+                tmp: tmp.path(),
+                transform: &transform,
+                lows,
+                consumer: Some(c),
+                committed,
+                manifests: Vec::new(),
+            };
 
             // 1. An uncommitted batch from an earlier attempt is finished first, exactly as planned.
             let journal_key = BatchPlan::journal_key(&group, topic);
@@ -523,12 +530,11 @@ impl KafkaToS3Step {
                 Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(s3_error(e)),
             };
-            let mut committed = committed;
             if let Some(mut plan) = stored {
                 let mut pending = false;
                 let mut stale = false;
                 for (p, r) in plan.ranges.iter_mut() {
-                    let now = committed.get(p).copied().flatten();
+                    let now = t.committed.get(p).copied().flatten();
                     if now == Some(r.end) {
                         r.start = Some(r.end); // committed already
                     } else if now == r.start {
@@ -546,23 +552,7 @@ impl KafkaToS3Step {
                         plan.interval_start.to_rfc3339(),
                         describe_ranges(&plan.ranges)
                     ));
-                    let (m, c, next) = self
-                        .run_batch(
-                            cx,
-                            &s3,
-                            &plan,
-                            &lows,
-                            tmp.path(),
-                            kconn,
-                            consumer.take(),
-                            &transform,
-                        )
-                        .await?;
-                    for (p, o) in &next {
-                        committed.insert(*p, Some(*o));
-                    }
-                    manifests.push(m);
-                    consumer = Some(c);
+                    self.run_batch(cx, &mut t, &plan).await?;
                 } else if stale {
                     cx.log.warn(&format!(
                         "topic {topic}: the stored batch plan {} does not match the group's committed offsets (another consumer in group '{group}'?); ignoring it",
@@ -582,7 +572,7 @@ impl KafkaToS3Step {
             };
             let mut ranges = BTreeMap::new();
             for p in &parts {
-                let start = committed.get(p).copied().flatten();
+                let start = t.committed.get(p).copied().flatten();
                 let end = ends.get(p).copied().unwrap_or(0);
                 if start.is_none_or(|s| s < end) {
                     ranges.insert(*p, OffsetRange { start, end });
@@ -628,34 +618,24 @@ impl KafkaToS3Step {
                     .await
                     .map_err(s3_error)?;
             }
-            let (m, c, next) = self
-                .run_batch(
-                    cx,
-                    &s3,
-                    &plan,
-                    &lows,
-                    tmp.path(),
-                    kconn,
-                    consumer.take(),
-                    &transform,
-                )
-                .await?;
-            for (p, o) in &next {
-                committed.insert(*p, Some(*o));
-            }
-            manifests.push(m);
+            self.run_batch(cx, &mut t, &plan).await?;
 
             // 3. Lag: how far the committed offsets are behind the end of each partition now.
             let (topic2, parts2) = (topic.clone(), parts.clone());
+            let c = t
+                .consumer
+                .take()
+                .ok_or_else(|| internal("kafka consumer", "already taken"))?;
             let marks =
                 blocking(move || kafka::watermarks(&c, &topic2, &parts2).map_err(kafka_error))
                     .await?;
+            manifests.append(&mut t.manifests);
             let mut tl = BTreeMap::new();
             for p in &parts {
                 let hi = marks.get(p).map(|w| w.1).unwrap_or(0);
                 let end = ends.get(p).copied().unwrap_or(0).max(hi);
                 let low = marks.get(p).map(|w| w.0).unwrap_or(0);
-                let done = committed.get(p).copied().flatten().unwrap_or(low);
+                let done = t.committed.get(p).copied().flatten().unwrap_or(low);
                 tl.insert(*p, (end - done).max(0));
                 positions.push(super::PartitionLag {
                     topic: topic.clone(),
@@ -671,25 +651,20 @@ impl KafkaToS3Step {
         Ok(out)
     }
 
-    /// Read one planned batch, upload its objects and manifest, commit its offsets. Returns the
-    /// manifest, the consumer (for the commit's group) and the committed offsets.
-    #[allow(clippy::too_many_arguments)]
+    /// Read one planned batch, upload its objects and manifest, commit its offsets; record the
+    /// manifest and the committed offsets in `t`.
     async fn run_batch(
         &self,
         cx: &RunCx,
-        s3: &Arc<S3Client>,
+        t: &mut TopicRun<'_>,
         plan: &BatchPlan,
-        lows: &BTreeMap<i32, i64>,
-        tmp: &Path,
-        kconn: &KafkaConnection,
-        consumer: Option<BaseConsumer>,
-        transform: &Option<(String, String)>,
-    ) -> Result<(Manifest, BaseConsumer, BTreeMap<i32, i64>), StepError> {
+    ) -> Result<(), StepError> {
+        let (s3, lows, transform, tmp) = (t.s3, &t.lows, t.transform, t.tmp);
         let plan = Arc::new(plan.clone());
-        let consumer = match consumer {
-            Some(c) => c,
-            None => kafka::consumer(kconn, &plan.group).map_err(kafka_error)?,
-        };
+        let consumer = t
+            .consumer
+            .take()
+            .ok_or_else(|| internal("kafka consumer", "already taken"))?;
         if plan.transform.is_some() && transform.is_none() {
             return Err(StepError::config(
                 "the stored batch plan uses a transform that the step no longer has; restore it until the batch is committed",
@@ -856,8 +831,25 @@ impl KafkaToS3Step {
             plan.bucket,
             plan.manifest_key()
         ));
-        Ok((m, consumer, next))
+        t.consumer = Some(consumer);
+        for (p, o) in &next {
+            t.committed.insert(*p, Some(*o));
+        }
+        t.manifests.push(m);
+        Ok(())
     }
+}
+
+/// One topic's share of a run: what its batches share, and what they leave behind.
+struct TopicRun<'a> {
+    s3: &'a Arc<S3Client>,
+    tmp: &'a Path,
+    transform: &'a Option<(String, String)>,
+    lows: BTreeMap<i32, i64>,
+    consumer: Option<BaseConsumer>,
+    /// The group's committed offsets, updated as batches commit.
+    committed: BTreeMap<i32, Option<i64>>,
+    manifests: Vec<Manifest>,
 }
 
 /// The in-process lock of a consumer group.
