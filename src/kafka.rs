@@ -14,10 +14,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::project::KafkaConnection;
 
@@ -55,6 +56,27 @@ impl KafkaClientError {
     }
 }
 
+/// What librdkafka reports outside a call: to tracing, without the end-of-partition events that a
+/// bounded reader expects (librdkafka reports some of them as errors too).
+pub struct Context;
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::warn!(target: "cranium::kafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Context {}
+
+/// The consumer cranium uses.
+pub type KafkaConsumer = BaseConsumer<Context>;
+
 /// librdkafka settings for a bounded batch consumer of `group`.
 ///
 /// Auto-commit and the offset store are off (offsets are committed only when the data is durable);
@@ -85,15 +107,15 @@ pub fn consumer_config(conn: &KafkaConnection, group: &str) -> ClientConfig {
 }
 
 /// A consumer for one topic.
-pub fn consumer(conn: &KafkaConnection, group: &str) -> Result<BaseConsumer, KafkaClientError> {
+pub fn consumer(conn: &KafkaConnection, group: &str) -> Result<KafkaConsumer, KafkaClientError> {
     consumer_config(conn, group)
-        .create::<BaseConsumer>()
+        .create_with_context::<Context, KafkaConsumer>(Context)
         .map_err(|e| KafkaClientError::Other(format!("cannot create a consumer: {e}")))
 }
 
 /// The partition ids of `topic`, sorted.
 pub fn partitions(
-    c: &BaseConsumer,
+    c: &KafkaConsumer,
     brokers: &str,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaClientError> {
@@ -119,7 +141,7 @@ pub fn partitions(
 
 /// The group's committed offset per partition (None: nothing committed yet).
 pub fn committed(
-    c: &BaseConsumer,
+    c: &KafkaConsumer,
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, Option<i64>>, KafkaClientError> {
@@ -146,7 +168,7 @@ pub fn committed(
 
 /// The low watermark and the broker's answer for the high one, per partition.
 pub fn watermarks(
-    c: &BaseConsumer,
+    c: &KafkaConsumer,
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaClientError> {
@@ -197,7 +219,7 @@ struct Cursor {
 /// this re-reads at most a few thousand records per partition and run. It also drops any record it has
 /// already returned, should the broker send one twice.
 pub struct RangeReader<'c> {
-    c: &'c BaseConsumer,
+    c: &'c KafkaConsumer,
     topic: String,
     cursors: BTreeMap<i32, Cursor>,
 }
@@ -206,7 +228,7 @@ impl<'c> RangeReader<'c> {
     /// Assign `starts` (partition → first offset, None for the earliest); `lows` are the partitions'
     /// low watermarks.
     pub fn new(
-        c: &'c BaseConsumer,
+        c: &'c KafkaConsumer,
         topic: &str,
         starts: &BTreeMap<i32, Option<i64>>,
         lows: &BTreeMap<i32, i64>,
@@ -377,7 +399,7 @@ pub fn end_offsets(
 
 /// Commit `offsets` (the next offset to read, per partition) for the consumer's group, synchronously.
 pub fn commit(
-    c: &BaseConsumer,
+    c: &KafkaConsumer,
     topic: &str,
     offsets: &BTreeMap<i32, i64>,
 ) -> Result<(), KafkaClientError> {

@@ -138,9 +138,14 @@ enum Encoder {
     Plain(BufWriter<File>),
 }
 
+/// Lines are handed to the compressor in chunks of this many bytes (one call per line costs more
+/// than the compression of a short line).
+const CHUNK: usize = 256 * 1024;
+
 /// Streams JSON lines into one object's temporary file, compressing on the way.
 pub struct ObjectWriter {
     enc: Encoder,
+    chunk: Vec<u8>,
     file: tempfile::TempPath,
     pub records: u64,
     pub bytes: u64,
@@ -168,6 +173,7 @@ impl ObjectWriter {
         };
         Ok(ObjectWriter {
             enc,
+            chunk: Vec::with_capacity(CHUNK + 4096),
             file: path,
             records: 0,
             bytes: 0,
@@ -185,13 +191,11 @@ impl ObjectWriter {
         offset: i64,
         time: Option<DateTime<Utc>>,
     ) -> io::Result<()> {
-        let w: &mut dyn Write = match &mut self.enc {
-            Encoder::Gz(e) => e,
-            Encoder::Zst(e) => e,
-            Encoder::Plain(e) => e,
-        };
-        w.write_all(line)?;
-        w.write_all(b"\n")?;
+        self.chunk.extend_from_slice(line);
+        self.chunk.push(b'\n');
+        if self.chunk.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
         if self.records == 0 {
             self.first_offset = offset;
         }
@@ -205,8 +209,20 @@ impl ObjectWriter {
         Ok(())
     }
 
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        let w: &mut dyn Write = match &mut self.enc {
+            Encoder::Gz(e) => e,
+            Encoder::Zst(e) => e,
+            Encoder::Plain(e) => e,
+        };
+        w.write_all(&self.chunk)?;
+        self.chunk.clear();
+        Ok(())
+    }
+
     /// Finish the stream; returns the temporary file (deleted when dropped) and its size.
-    pub fn finish(self) -> io::Result<(tempfile::TempPath, u64)> {
+    pub fn finish(mut self) -> io::Result<(tempfile::TempPath, u64)> {
+        self.flush_chunk()?;
         let buf = match self.enc {
             Encoder::Gz(e) => e.finish()?,
             Encoder::Zst(e) => e.finish()?,

@@ -42,9 +42,13 @@ base_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["by
 base_records=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["records"])' "$dir/base.json")
 [ "$base_records" = "$RECORDS" ] || { echo "baseline read $base_records records, not $RECORDS" >&2; exit 1; }
 
-# cranium: a project with one kafka_to_s3 step; each run uses a group of its own, so both read it all.
-mkdir -p "$dir/p/jobs"
-cat > "$dir/p/cranium.yaml" <<YAML
+# cranium: a project with one kafka_to_s3 step; each run has a project (store) and a group of its own,
+# so both read everything.
+best=""
+for i in 1 2; do
+  p="$dir/p$i"
+  mkdir -p "$p/jobs"
+  cat > "$p/cranium.yaml" <<YAML
 connections:
   events:
     kind: kafka
@@ -58,9 +62,7 @@ connections:
     secret_access_key: $S3_SECRET_ACCESS_KEY
     bucket: $S3_BUCKET
 YAML
-best=""
-for i in 1 2; do
-  cat > "$dir/p/jobs/extract.yaml" <<YAML
+  cat > "$p/jobs/extract.yaml" <<YAML
 job: extract
 schedule: "@hourly"
 start: 2026-01-01
@@ -74,11 +76,11 @@ steps:
     prefix: $prefix/run$i
 YAML
   s=$(now_ms)
-  "$bin" --project "$dir/p" run extract --at 2026-03-01T10:00 --rerun all > "$dir/run.out" 2>&1 ||
+  "$bin" --project "$p" run extract --at 2026-03-01T10:00 > "$dir/run.out" 2>&1 ||
     { cat "$dir/run.out"; exit 1; }
-  grep -rqs "committed: $RECORDS records" "$dir/p/.cranium/logs/extract" ||
-    { cat "$dir/run.out"; echo "cranium did not copy $RECORDS records" >&2; exit 1; }
   e=$(now_ms)
+  grep -rqs "committed: $RECORDS records" "$p/.cranium/logs/extract" ||
+    { cat "$dir/run.out"; echo "cranium did not copy $RECORDS records" >&2; exit 1; }
   secs=$(awk -v t="$((e - s))" 'BEGIN { printf "%.3f", t / 1000 }')
   echo "cranium run $i: ${secs}s"
   if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $secs < $best else 1)"; then best=$secs; fi

@@ -25,7 +25,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::future::BoxFuture;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -276,7 +275,9 @@ pub fn bucket_of(
 /// Objects of one partition open at once (one per hour folder); past this the oldest is cut.
 const MAX_OPEN_OBJECTS: usize = 16;
 /// Records handed from the consumer to a partition's worker at a time.
-const FEED_BATCH: usize = 2048;
+const FEED_BATCH: usize = 1024;
+/// Batches queued for all workers together (so at most this many × FEED_BATCH records in memory).
+const FEED_QUEUE_TOTAL: usize = 256;
 /// Finished objects waiting for an upload slot (each is a file on local disk).
 const UPLOAD_QUEUE: usize = 8;
 /// Uploads in flight at once.
@@ -682,8 +683,11 @@ impl KafkaToS3Step {
         // One worker thread per partition: parse, route, compress, cut.
         let mut feeds = HashMap::new();
         let mut workers = Vec::new();
+        // Each worker's queue holds up to FEED_QUEUE_TOTAL / partitions batches (4 to 64): enough that
+        // the consumer is rarely held up by one busy partition, bounded whatever the partition count.
+        let depth = (FEED_QUEUE_TOTAL / plan.ranges.len().max(1)).clamp(4, 64);
         for p in plan.ranges.keys() {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Feed>(8);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Feed>(depth);
             feeds.insert(*p, tx);
             let (plan, up_tx, tmp, code, p) = (
                 plan.clone(),
@@ -846,7 +850,7 @@ struct TopicRun<'a> {
     tmp: &'a Path,
     transform: &'a Option<(String, String)>,
     lows: BTreeMap<i32, i64>,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<kafka::KafkaConsumer>,
     /// The group's committed offsets, updated as batches commit.
     committed: BTreeMap<i32, Option<i64>>,
     manifests: Vec<Manifest>,
@@ -936,7 +940,7 @@ fn output(
 /// Returns the offset to commit per partition. On any error, cancellation or deadline the feeds are
 /// dropped without `End`, so the workers upload nothing they had not finished.
 fn consume(
-    c: &BaseConsumer,
+    c: &kafka::KafkaConsumer,
     plan: &BatchPlan,
     lows: &BTreeMap<i32, i64>,
     feeds: HashMap<i32, SyncSender<Feed>>,
