@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example kafka_produce -- --topic T [--brokers 127.0.0.1:9092]
 //!     [--create N]                       create the topic with N partitions first (if missing)
+//!     [--if-empty]                       produce nothing when the topic already holds records
 //!     (--synthetic COUNT [--start 2026-03-01T00:00:00Z] [--hours 1]
 //!      | --jsonl FILE [--time-field time])
 //! ```
@@ -124,6 +125,24 @@ async fn main() {
         }
         n
     };
+    if args.iter().any(|a| a == "--if-empty") {
+        let conn = cranium::config::project::KafkaConnection {
+            brokers: brokers.clone(),
+            options: Default::default(),
+        };
+        let parts: Vec<i32> = (0..partitions).collect();
+        let ends = cranium::kafka::end_offsets(&conn, "cranium-produce-check", &topic, &parts)
+            .unwrap_or_else(|e| fail(format!("reading the end of {topic}: {e}")));
+        let held: i64 = ends.values().sum();
+        if held > 0 {
+            println!(
+                "{}",
+                serde_json::json!({"topic": topic, "records": 0, "bytes": 0, "seconds": 0.0,
+                                   "skipped": format!("{topic} already holds {held} records")})
+            );
+            return;
+        }
+    }
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "20")

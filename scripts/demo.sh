@@ -87,26 +87,20 @@ fi
 section "3. events: Kafka (tansu) and S3 (garage) on loopback; a day of events; events_hourly for its 24 hours"
 bash scripts/services.sh up | sed -n '1,4p'
 eval "$(bash scripts/services.sh env)"
-svc_dir=${CRANIUM_SERVICES_DIR:-$HOME/.cache/cranium/services}
 cargo build --release --locked -q --example kafka_produce
 produce="${CARGO_TARGET_DIR:-target}/release/examples/kafka_produce"
 for topic in app_events api_requests; do
   python3 scripts/demo/generate.py events-jsonl --day "$DAY" --topic "$topic" > "$tmp/$topic.jsonl"
-  # The topics live in the broker's memory: a second demo run finds them filled and adds nothing.
-  if [ -e "$svc_dir/demo-produced-$topic-$DAY-$(cat "$svc_dir/tansu.pid" 2>/dev/null)" ]; then
-    echo "$topic: already holds $DAY's records (produced by an earlier demo run against this broker)"
-  else
-    "$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --jsonl "$tmp/$topic.jsonl" \
-      | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"topic\"]}: produced {r[\"records\"]:,} records ({r[\"bytes\"]/1e6:.1f} MB) in {r[\"seconds\"]:.1f}s")'
-    touch "$svc_dir/demo-produced-$topic-$DAY-$(cat "$svc_dir/tansu.pid")"
-  fi
+  # The topics live in the broker's memory: a second demo run against the same broker adds nothing.
+  "$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --jsonl "$tmp/$topic.jsonl" --if-empty > "$tmp/produced.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("skipped") or "{topic}: produced {records:,} records ({mb:.1f} MB) in {seconds:.1f}s".format(mb=r["bytes"]/1e6, **r))' "$tmp/produced.json"
 done
 echo
 echo "\$ cranium backfill events_hourly --from $DAY --to $NEXT --max-active-runs 1"
 "$bin" backfill events_hourly --from "$DAY" --to "$NEXT" --max-active-runs 1 | tail -n 3
 echo
 echo "\$ cranium logs events_hourly ${DAY}T20:00 extract_app_events"
-"$bin" logs events_hourly "${DAY}T20:00" extract_app_events | grep -E "batch|succeeded" | cut -c1-220
+"$bin" logs events_hourly "${DAY}T20:00" extract_app_events | grep -E "batch|succeeded" | cut -c1-260
 echo
 echo "-- what landed in S3 (manifests of the 24 runs, from the metadata store):"
 python3 - "$DAY" "$NEXT" <<'PY'
