@@ -4,6 +4,7 @@
 //! cargo run --release --example kafka_produce -- --topic T [--brokers 127.0.0.1:9092]
 //!     [--create N]                       create the topic with N partitions first (if missing)
 //!     [--if-empty]                       produce nothing when the topic already holds records
+//!     [--delete]                         delete the topic and exit
 //!     (--synthetic COUNT [--start 2026-03-01T00:00:00Z] [--hours 1]
 //!      | --jsonl FILE [--time-field time])
 //! ```
@@ -84,6 +85,25 @@ async fn main() {
     let Some(topic) = arg(&args, "--topic") else {
         fail("--topic is required".into())
     };
+    if args.iter().any(|a| a == "--delete") {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap_or_else(|e| fail(format!("admin client: {e}")));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        match admin.delete_topics(&[topic.as_str()], &opts).await {
+            Ok(res) => {
+                for r in res {
+                    if let Err((t, e)) = r {
+                        fail(format!("deleting topic {t}: {e}"));
+                    }
+                }
+            }
+            Err(e) => fail(format!("deleting topic {topic}: {e}")),
+        }
+        println!("{}", serde_json::json!({"topic": topic, "deleted": true}));
+        return;
+    }
     if let Some(n) = arg(&args, "--create") {
         let n: i32 = n
             .parse()

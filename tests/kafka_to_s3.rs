@@ -463,6 +463,20 @@ async fn until_interval_end_stops_at_the_first_later_record() {
         })
         .collect();
     assert_eq!(got, [("copy".to_string(), 0, 2, 4, 2)]);
+    // And `cranium lag` shows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cranium"))
+        .args(["lag", "extract", "--format", "json"])
+        .current_dir(dir.path())
+        .output()
+        .expect("cranium lag");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["topic"], topic.as_str());
+    assert_eq!(rows[0]["lag"], 2);
     let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);

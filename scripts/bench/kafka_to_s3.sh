@@ -21,9 +21,10 @@ produce="$target/release/examples/kafka_produce"
 baseline="$target/release/examples/kafka_baseline"
 
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
 topic="bench_k2s_$(date +%s)_$$"
 prefix="bench/$topic"
+# The broker keeps topics in memory: drop this one (~270 MB) when done.
+trap '"$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --delete >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 "$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --create 4 \
   --synthetic "$RECORDS" --start 2026-03-01T10:00:00Z --hours 1 > "$dir/produce.json"
 echo "produced: $(cat "$dir/produce.json")"

@@ -93,6 +93,19 @@ pub async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
+/// Delete a topic the test created (best effort: the broker keeps topics in memory).
+pub async fn delete_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+    {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let _ = admin.delete_topics(&[topic], &opts).await;
+}
+
 /// A producer; `linger` batches records (several record batches per partition come from flushes).
 pub fn producer() -> BaseProducer {
     ClientConfig::new()
