@@ -50,6 +50,12 @@ async fn engine(dir: &Path) -> Engine {
     Engine::new(c.project.clone(), c.graph.clone(), store)
 }
 
+/// A project in `dir` whose `extract` job copies `topic` under `prefix`, and its engine.
+async fn setup(dir: &Path, topic: &str, prefix: &str, extra: &str) -> Engine {
+    project(dir, &[("extract", &job(topic, prefix, extra))]);
+    engine(dir).await
+}
+
 /// Run the `extract` job for `iv`; the step's state and outputs.
 async fn run(
     e: &Engine,
@@ -122,18 +128,13 @@ async fn routes_records_into_hours_by_their_time() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/route");
-    project(
+    let e = setup(
         dir.path(),
-        &[(
-            "extract",
-            &job(
-                &topic,
-                &prefix,
-                "    partition_by: field:$.time\n    format: jsonl.zst\n",
-            ),
-        )],
-    );
-    let e = engine(dir.path()).await;
+        &topic,
+        &prefix,
+        "    partition_by: field:$.time\n    format: jsonl.zst\n",
+    )
+    .await;
     let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 5);
@@ -228,14 +229,7 @@ async fn cuts_objects_by_count_and_bytes_and_reads_the_last_batch() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/rotate");
-    project(
-        dir.path(),
-        &[(
-            "extract",
-            &job(&topic, &prefix, "    max_object_records: 120\n"),
-        )],
-    );
-    let e = engine(dir.path()).await;
+    let e = setup(dir.path(), &topic, &prefix, "    max_object_records: 120\n").await;
     let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 300, "the last record batch was left behind");
@@ -271,18 +265,13 @@ async fn cuts_objects_by_count_and_bytes_and_reads_the_last_batch() {
         }),
     );
     let prefix2 = unique("cranium-tests/rotate-bytes");
-    project(
+    let e = setup(
         dir.path(),
-        &[(
-            "extract",
-            &job(
-                &topic2,
-                &prefix2,
-                "    max_object_bytes: 1KiB\n    format: jsonl\n",
-            ),
-        )],
-    );
-    let e = engine(dir.path()).await;
+        &topic2,
+        &prefix2,
+        "    max_object_bytes: 1KiB\n    format: jsonl\n",
+    )
+    .await;
     let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 100);
@@ -436,14 +425,7 @@ async fn until_interval_end_stops_at_the_first_later_record() {
     produce(&p, &topic, recs);
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/until");
-    project(
-        dir.path(),
-        &[(
-            "extract",
-            &job(&topic, &prefix, "    until: interval_end\n"),
-        )],
-    );
-    let e = engine(dir.path()).await;
+    let e = setup(dir.path(), &topic, &prefix, "    until: interval_end\n").await;
     let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);
@@ -497,8 +479,7 @@ async fn a_missing_topic_or_bucket_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/missing");
     let topic = unique("no_such_topic");
-    project(dir.path(), &[("extract", &job(&topic, &prefix, ""))]);
-    let e = engine(dir.path()).await;
+    let e = setup(dir.path(), &topic, &prefix, "").await;
     let iv = hour("2026-03-01T11:00:00Z");
     let (state, _, report) = run(&e, iv).await;
     assert_eq!(state, StepState::Failed, "{report}");
@@ -518,18 +499,13 @@ async fn a_missing_topic_or_bucket_is_a_clear_error() {
     let topic = unique("bucket");
     create_topic(&topic, 1).await;
     produce(&producer(), &topic, [(0, 1_772_366_400_000, event(1, "x"))]);
-    project(
+    let e = setup(
         dir.path(),
-        &[(
-            "extract",
-            &job(
-                &topic,
-                &prefix,
-                "    bucket: no-such-bucket-here\n    retries: 0\n",
-            ),
-        )],
-    );
-    let e = engine(dir.path()).await;
+        &topic,
+        &prefix,
+        "    bucket: no-such-bucket-here\n    retries: 0\n",
+    )
+    .await;
     let (state, _, report) = run(&e, iv).await;
     assert_eq!(state, StepState::Failed, "{report}");
     assert!(report.contains("s3://no-such-bucket-here/"), "{report}");
