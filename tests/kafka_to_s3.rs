@@ -510,3 +510,55 @@ async fn a_missing_topic_or_bucket_is_a_clear_error() {
     assert_eq!(state, StepState::Failed, "{report}");
     assert!(report.contains("s3://no-such-bucket-here/"), "{report}");
 }
+
+/// A committed offset in the middle of a large record batch: the next run must start exactly there
+/// (tansu answers a fetch from inside a batch with the next batch, so the reader has to step back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_from_the_middle_of_a_large_record_batch() {
+    let topic = unique("mid_batch");
+    create_topic(&topic, 1).await;
+    // One linger window for all 10,000 records: a few large batches.
+    let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "1000")
+        .set("batch.num.messages", "100000")
+        .set("batch.size", "10000000")
+        .set("log_level", "3")
+        .create()
+        .expect("producer");
+    let eleven = t("2026-03-01T11:00:00Z").timestamp_millis();
+    produce(
+        &p,
+        &topic,
+        (0..10_000u64).map(|i| {
+            // 0..4999 in the 11:00 hour, the rest in the 12:00 hour.
+            let ts = eleven + (i as i64) * 720;
+            (0, ts, event(i, "x"))
+        }),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/mid-batch");
+    let e = setup(dir.path(), &topic, &prefix, "    until: interval_end\n").await;
+    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 5000);
+    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 5000);
+    let (s3, bucket) = s3();
+    let mut ids: Vec<u64> = read_objects(&s3, &bucket, &format!("{prefix}/2026/"))
+        .await
+        .iter()
+        .flat_map(|o| o.1.clone())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(&l).expect("json")["id"]
+                .as_u64()
+                .expect("id")
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..10_000).collect::<Vec<u64>>());
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
