@@ -195,6 +195,76 @@ impl MyClient {
         }
     }
 
+    /// One statement through the text protocol (`START TRANSACTION ...`, `COMMIT`), under the
+    /// deadline and the token; returns the rows affected (or returned).
+    pub async fn statement(
+        &mut self,
+        text: &str,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<u64, DbError> {
+        self.text(0, text, false, Instant::now(), deadline, cancel)
+            .await
+    }
+
+    /// Run a prepared `sql` and hand its rows to `each` one at a time, as JSON objects (the mapping of
+    /// [`super::DbClient::query`]), never holding the result set. The first error `each` returns
+    /// stops the reading (the rest of the result is discarded) and is returned as `DbError::Other`.
+    /// Returns the number of rows handed over.
+    pub async fn stream_rows<F>(
+        &mut self,
+        sql: &str,
+        params: &[J],
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+        mut each: F,
+    ) -> Result<u64, DbError>
+    where
+        F: FnMut(Map<String, J>) -> Result<(), String> + Send,
+    {
+        self.conn()?;
+        let started = Instant::now();
+        if let Some(why) = already_interrupted(deadline, cancel) {
+            return Err(why.error(started, deadline));
+        }
+        let params = bind_params(params);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(unusable(&self.target, "closed"));
+        };
+        let fut = async move {
+            let mut result = conn.exec_iter(sql, params).await?;
+            let mut n = 0u64;
+            let mut failed = None;
+            while let Some(row) = result.next().await? {
+                if let Err(e) = each(row_to_json(row)) {
+                    failed = Some(e);
+                    break;
+                }
+                n += 1;
+            }
+            result.drop_result().await?;
+            Ok((n, failed))
+        };
+        match Self::guard(&self.opts, self.id, fut, deadline, cancel).await {
+            Guarded::Done(Ok((_, Some(e)))) => Err(DbError::Other(e)),
+            Guarded::Done(Ok((n, None))) => Ok(n),
+            Guarded::Done(Err(e)) => {
+                if matches!(e, mysql_async::Error::Io(_)) {
+                    self.give_up("the connection was lost during a statement");
+                }
+                Err(statement_error(0, e))
+            }
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, false).await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     /// See [`super::DbClient::run_script`].
     pub async fn run_script(
         &mut self,
@@ -424,6 +494,8 @@ fn value_to_json(column: &Column, value: Value) -> J {
         // Through the shortest decimal text, so FLOAT 0.1 reads 0.1, not 0.10000000149.
         Value::Float(f) => float_json(f.to_string().parse::<f64>().unwrap_or(f64::from(f))),
         Value::Double(d) => float_json(d),
+        // MySQL's zero dates (`0000-00-00`, and dates with a zero month or day) are no instant: null.
+        Value::Date(y, mo, d, ..) if y == 0 || mo == 0 || d == 0 => J::Null,
         Value::Date(y, mo, d, h, mi, s, us) => {
             let date = format!("{y:04}-{mo:02}-{d:02}");
             let frac = if us > 0 {

@@ -33,7 +33,7 @@ use super::{ErrorClass, RunCx, StepError, StepOutput};
 use crate::config::Connection;
 use crate::kafka::{self, KafkaClientError};
 use crate::lake::{self, ObjectEntry, ObjectWriter};
-use crate::s3::{S3Client, S3Error};
+use crate::s3::S3Client;
 
 use super::{CheckCx, Step};
 use crate::config::{ByteSize, ConnectionKind, HumanDuration, OneOrMany};
@@ -410,15 +410,6 @@ fn kafka_error(e: KafkaClientError) -> StepError {
     StepError::new(class, e.to_string())
 }
 
-fn s3_error(e: S3Error) -> StepError {
-    let class = if e.is_retryable() {
-        ErrorClass::External
-    } else {
-        ErrorClass::Config
-    };
-    StepError::new(class, e.to_string())
-}
-
 fn internal(what: &str, e: impl std::fmt::Display) -> StepError {
     StepError::new(ErrorClass::Internal, format!("{what}: {e}"))
 }
@@ -455,19 +446,8 @@ impl KafkaToS3Step {
                 self.connection
             )));
         };
-        let Some(Connection::S3(sconn)) = project.connections.get(&self.s3) else {
-            return Err(StepError::config(format!(
-                "connection '{}' is not an s3 connection",
-                self.s3
-            )));
-        };
-        let s3 = Arc::new(S3Client::new(sconn).map_err(s3_error)?);
-        let bucket = match &self.bucket {
-            Some(b) => cx.render("bucket", b, None)?,
-            None => sconn.bucket.clone().ok_or_else(|| {
-                StepError::config("no bucket: give `bucket:` on the step or on the s3 connection")
-            })?,
-        };
+        let (s3, bucket) = cx.s3(&self.s3, self.bucket.as_deref())?;
+        let s3 = Arc::new(s3);
         let prefix = cx
             .render("prefix", &self.prefix, None)?
             .trim_matches('/')
@@ -529,7 +509,7 @@ impl KafkaToS3Step {
                     }
                 },
                 Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(s3_error(e)),
+                Err(e) => return Err(StepError::from_s3(e)),
             };
             if let Some(mut plan) = stored {
                 let mut pending = false;
@@ -617,7 +597,7 @@ impl KafkaToS3Step {
                 let body = serde_json::to_vec_pretty(&plan).map_err(|e| internal("plan", e))?;
                 s3.put(&bucket, &journal_key, body.into(), "application/json")
                     .await
-                    .map_err(s3_error)?;
+                    .map_err(StepError::from_s3)?;
             }
             self.run_batch(cx, &mut t, &plan).await?;
 
@@ -801,7 +781,7 @@ impl KafkaToS3Step {
             "application/json",
         )
         .await
-        .map_err(s3_error)?;
+        .map_err(StepError::from_s3)?;
         if cx.cancel.is_cancelled() {
             return Err(StepError::new(ErrorClass::Cancelled, "cancelled"));
         }
@@ -1420,7 +1400,7 @@ async fn upload_all(
             let _permit = permit;
             s3.put_file(&bucket, &u.entry.key, &u.file, u.content_type)
                 .await
-                .map_err(s3_error)?;
+                .map_err(StepError::from_s3)?;
             drop(u.file);
             Ok::<(ObjectEntry, bool), StepError>((u.entry, u.dead_letter))
         });

@@ -65,6 +65,16 @@ impl StepError {
         !matches!(self.class, ErrorClass::Config | ErrorClass::Cancelled)
     }
 
+    /// An S3 error: retried unless the server said no for good (access denied, no such bucket).
+    pub fn from_s3(e: crate::s3::S3Error) -> StepError {
+        let class = if e.is_retryable() {
+            ErrorClass::External
+        } else {
+            ErrorClass::Config
+        };
+        StepError::new(class, e.to_string())
+    }
+
     /// A database error, with the statement it came from when known.
     pub fn from_db(e: DbError) -> StepError {
         let class = match &e {
@@ -163,6 +173,28 @@ impl RunCx {
     /// Open the database connection `name`.
     pub async fn connect(&self, name: &str) -> Result<(DbClient, Dialect), StepError> {
         connect(&self.project, name).await
+    }
+
+    /// A client for the s3 connection `name` and the bucket to use: `bucket` (a template) when given,
+    /// else the connection's.
+    pub fn s3(
+        &self,
+        name: &str,
+        bucket: Option<&str>,
+    ) -> Result<(crate::s3::S3Client, String), StepError> {
+        let Some(Connection::S3(conn)) = self.project.connections.get(name) else {
+            return Err(StepError::config(format!(
+                "connection '{name}' is not an s3 connection"
+            )));
+        };
+        let client = crate::s3::S3Client::new(conn).map_err(StepError::from_s3)?;
+        let bucket = match bucket {
+            Some(b) => self.render("bucket", b, None)?,
+            None => conn.bucket.clone().ok_or_else(|| {
+                StepError::config("no bucket: give `bucket:` on the step or on the s3 connection")
+            })?,
+        };
+        Ok((client, bucket))
     }
 }
 

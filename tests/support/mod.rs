@@ -158,7 +158,10 @@ pub async fn read_objects(s3: &S3Client, bucket: &str, prefix: &str) -> Vec<(Str
     let mut out = Vec::new();
     for o in s3.list(bucket, prefix).await.expect("list") {
         let data = s3.get(bucket, &o.key).await.expect("get");
-        let lines = match Format::of_key(&o.key) {
+        // csv.gz objects are gzip too.
+        let format = Format::of_key(&o.key)
+            .or_else(|| o.key.ends_with(".csv.gz").then_some(Format::JsonlGz));
+        let lines = match format {
             Some(f) => {
                 let raw = lake::decode(f, &data).expect("decode");
                 String::from_utf8(raw)
