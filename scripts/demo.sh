@@ -6,7 +6,8 @@
 #   3. events       start tansu (Kafka) and garage (S3) with scripts/services.sh (installed on first use),
 #                   produce DAY's app events and partner API requests (with late and malformed records),
 #                   run events_hourly for DAY's 24 hours: hourly folders in S3, dead letters, manifests
-#   4. production   seed the product database (users, channels, recipes) in MariaDB `test`
+#   4. production   seed the product database (users, channels, recipes) in MariaDB `test`, and run
+#                   product_daily's MySQL → S3 exports (mysql_to_s3) for DAY
 #   5. warehouse    fill the warehouse tables in PostgreSQL `test` (schema analytics) -- a stand-in for the
 #                   product_daily and events_daily loads, which arrive with the load issue
 #   6. run          cranium clear + run of events_daily's SQL and Lua steps for DAY, then runs and logs
@@ -136,6 +137,13 @@ mysql_ -t -e "
   WHERE LENGTH(u.display_name) - CHAR_LENGTH(u.display_name) >= 3   -- 4-byte characters: emoji
     AND LENGTH(r.name) - CHAR_LENGTH(r.name) > 2 ORDER BY r.id LIMIT 3;" \
   || die "cannot query the seeded product database"
+echo
+echo "\$ cranium run product_daily --at $DAY --steps 'export_*'   (the MySQL → S3 exports; the loads come next)"
+"$bin" clear product_daily --from "$DAY" --to "$NEXT" --steps 'export_*' >/dev/null
+"$bin" run product_daily --at "$DAY" --steps 'export_*'
+for step in export_users export_channels export_recipes; do
+  "$bin" logs product_daily "$DAY" "$step" | grep -E "exported" | sed 's/^[^ ]* [A-Z]* *//' | cut -c1-200
+done
 
 section "5. warehouse: analytics.* in PostgreSQL (stand-in for product_daily and events_daily loads, which arrive with the load issue)"
 python3 scripts/demo/generate.py warehouse-ddl | psql_
