@@ -217,6 +217,67 @@ impl PgClient {
         }
     }
 
+    /// One statement through the simple query protocol (`BEGIN`, DDL, `COMMIT`); when
+    /// `in_transaction`, a failure rolls the transaction back. Returns the rows affected.
+    pub async fn statement(
+        &mut self,
+        text: &str,
+        in_transaction: bool,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<u64, DbError> {
+        self.usable()?;
+        self.simple(0, text, in_transaction, Instant::now(), deadline, cancel)
+            .await
+    }
+
+    /// `COPY … FROM STDIN` (`sql`) fed with `data`, inside an open transaction: a failure rolls the
+    /// transaction back. Returns the rows copied.
+    pub async fn copy_in(
+        &mut self,
+        sql: &str,
+        data: Vec<bytes::Bytes>,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<u64, DbError> {
+        use futures::SinkExt;
+        self.usable()?;
+        let started = Instant::now();
+        if let Some(why) = already_interrupted(deadline, cancel) {
+            self.rollback(Instant::now() + INTERRUPT_BUDGET).await;
+            return Err(why.error(started, deadline));
+        }
+        let client = &self.client;
+        let fut = async move {
+            let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+            let mut sink = std::pin::pin!(sink);
+            for chunk in data {
+                sink.send(chunk).await?;
+            }
+            sink.as_mut().finish().await
+        };
+        match Self::guard(&self.cancel_token, fut, deadline, cancel).await {
+            Guarded::Done(Ok(n)) => Ok(n),
+            Guarded::Done(Err(e)) => {
+                let err = statement_error(0, &e);
+                if self.client.is_closed() {
+                    self.give_up("the connection closed during a COPY");
+                } else {
+                    self.rollback(Instant::now() + CLEANUP_TIMEOUT).await;
+                }
+                Err(err)
+            }
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, true).await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     /// See [`super::DbClient::run_script`].
     pub async fn run_script(
         &mut self,

@@ -1,0 +1,363 @@
+//! `s3_to_redshift` (dialect postgres) against the real MariaDB, S3 server and PostgreSQL: a MySQL
+//! table through S3 into PostgreSQL with equal values, reruns that add nothing, merge, replace_interval,
+//! and a bad line that names its object and line and leaves the target as it was.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+
+use cranium::check::check;
+use cranium::config::interp::Env;
+use cranium::engine::{Engine, Rerun, RunOptions, RunReport};
+use cranium::schedule::Interval;
+use cranium::store::{StepState, Store};
+use mysql_async::prelude::Queryable;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const MY: &str = "mysql://root@127.0.0.1:3306/test";
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("connect pg");
+    tokio::spawn(conn);
+    client
+}
+
+fn day(d: &str) -> Interval {
+    let start = chrono::DateTime::parse_from_rfc3339(&format!("{d}T00:00:00Z"))
+        .expect("day")
+        .with_timezone(&chrono::Utc);
+    Interval {
+        start,
+        end: start + chrono::Duration::days(1),
+    }
+}
+
+/// A project with `production` (MariaDB), `warehouse` (PostgreSQL) and the services, one job `j`
+/// with `steps` (YAML list items), and its engine.
+async fn setup(dir: &Path, steps: &str) -> Engine {
+    project(
+        dir,
+        &[(
+            "j",
+            &format!("job: j\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n{steps}"),
+        )],
+    );
+    let yaml = std::fs::read_to_string(dir.join("cranium.yaml")).expect("yaml");
+    std::fs::write(
+        dir.join("cranium.yaml"),
+        yaml.replace(
+            "connections:\n",
+            &format!(
+                "connections:\n  production:\n    kind: mysql\n    url: {MY}\n  warehouse:\n    kind: postgres\n    url: {PG}\n"
+            ),
+        ),
+    )
+    .expect("yaml");
+    let c = check(dir, &Env::default()).expect("project loads");
+    assert!(
+        !c.diagnostics.has_errors(),
+        "{}",
+        c.diagnostics.render(&c.project.redactor)
+    );
+    let store = Store::open("sqlite://.cranium/state.db", dir)
+        .await
+        .expect("store");
+    Engine::new(c.project.clone(), c.graph.clone(), store)
+}
+
+async fn run(e: &Engine, iv: Interval) -> RunReport {
+    let opts = RunOptions {
+        rerun: Rerun::All,
+        ..RunOptions::default()
+    };
+    e.run_interval("j", iv, &opts, CancellationToken::new())
+        .await
+        .expect("run")
+}
+
+fn state(r: &RunReport, step: &str) -> StepState {
+    r.steps
+        .iter()
+        .find(|s| s.step == step)
+        .map(|s| s.state)
+        .unwrap_or_else(|| panic!("no step {step}"))
+}
+
+fn gz(lines: &[&str]) -> bytes::Bytes {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for l in lines {
+        e.write_all(l.as_bytes()).expect("gz");
+        e.write_all(b"\n").expect("gz");
+    }
+    e.finish().expect("gz").into()
+}
+
+async fn rows(sql: &str) -> Vec<Vec<Option<String>>> {
+    pg().await
+        .query(sql, &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing() {
+    let table = unique("rt");
+    let mut my = mysql_async::Conn::new(mysql_async::Opts::from_url(MY).expect("url"))
+        .await
+        .expect("mariadb");
+    my.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .expect("session");
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, amount DECIMAL(20,6), created DATETIME(6),
+           seen TIMESTAMP(3) NULL, born DATE, active TINYINT(1), big BIGINT UNSIGNED, ratio DOUBLE,
+           doc JSON, color ENUM('red','green'), pic BLOB, name VARCHAR(50), note TEXT)
+         CHARACTER SET utf8mb4"
+    ))
+    .await
+    .expect("create");
+    my.query_drop(format!(
+        "INSERT INTO {table} VALUES
+          (1, 12345678901234.123456, '2026-03-01 12:34:56.123456', '2026-03-01 23:59:59.5',
+           '2026-03-01', 1, 18446744073709551615, 0.1, '{{\"a\": [1, 2]}}', 'green', x'00FF10',
+           'Zoë 🎉 tab\there', ''),
+          (2, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+    ))
+    .await
+    .expect("insert");
+    let db = pg().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE public.{table} (id int PRIMARY KEY, amount numeric(20,6), created timestamp(6),
+           seen timestamptz, born date, active boolean, big numeric(20,0), ratio double precision,
+           doc jsonb, color text, pic text, name text, note text)"
+    ))
+    .await
+    .expect("pg create");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/rt");
+    let e = setup(
+        dir.path(),
+        &format!(
+            "  - id: dump\n    kind: mysql_to_s3\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: {prefix}\n  - id: load\n    kind: s3_to_redshift\n    after: [dump]\n    connection: warehouse\n    s3: lake\n    source:\n      manifests_from: dump\n    target: public.{table}\n    retries: 0\n"
+        ),
+    )
+    .await;
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
+    let got = rows(&format!(
+        "SELECT id::text, amount::text, created::text, (seen AT TIME ZONE 'UTC')::text, born::text,
+                active::text, big::text, ratio::text, doc::text, color, pic, name, note
+         FROM public.{table} ORDER BY id"
+    ))
+    .await;
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        got,
+        vec![
+            vec![
+                s("1"),
+                s("12345678901234.123456"),
+                s("2026-03-01 12:34:56.123456"),
+                s("2026-03-01 23:59:59.5"),
+                s("2026-03-01"),
+                s("true"),
+                s("18446744073709551615"),
+                s("0.1"),
+                s(r#"{"a": [1, 2]}"#),
+                s("green"),
+                s("AP8Q"),
+                s("Zoë 🎉 tab\there"),
+                s(""),
+            ],
+            vec![
+                s("2"),
+                None,
+                None,
+                None,
+                None,
+                s("false"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ],
+        ]
+    );
+    // The whole job again: the export rewrites the same object, the load skips it.
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
+    let n: i64 = db
+        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2, "a rerun adds nothing");
+    let tracked: i64 = db
+        .query_one(
+            "SELECT count(*) FROM cranium_loaded_objects WHERE target = $1",
+            &[&format!("public.{table}")],
+        )
+        .await
+        .expect("tracked")
+        .get(0);
+    assert_eq!(tracked, 1);
+    my.query_drop(format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
+    db.batch_execute(&format!("DROP TABLE public.{table}"))
+        .await
+        .expect("drop");
+    let (s3c, bucket) = s3();
+    s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_keeps_the_latest_replace_interval_replaces_and_a_bad_line_changes_nothing() {
+    let t = unique("merge");
+    let db = pg().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE public.{t} (id int PRIMARY KEY, v text, ts bigint, at timestamptz);
+         INSERT INTO public.{t} VALUES (2, 'old', 0, '2026-03-01 05:00+00'), (9, 'kept', 0, '2026-02-27 05:00+00');"
+    ))
+    .await
+    .expect("pg");
+    let (s3c, bucket) = s3();
+    let prefix = unique("cranium-tests/merge");
+    s3c.put(
+        &bucket,
+        &format!("{prefix}/a.jsonl.gz"),
+        gz(&[
+            r#"{"id": 1, "v": "a", "ts": 1, "at": "2026-03-01T01:00:00Z"}"#,
+            r#"{"id": 1, "v": "b", "ts": 2, "at": "2026-03-01T02:00:00Z"}"#,
+            r#"{"id": 2, "v": "c", "ts": 1, "at": "2026-03-01T03:00:00Z"}"#,
+        ]),
+        "application/gzip",
+    )
+    .await
+    .expect("put");
+    let step = |mode: &str| {
+        format!(
+            "  - id: load\n    kind: s3_to_redshift\n    connection: warehouse\n    s3: lake\n    source:\n      prefix: {prefix}/\n    target: public.{t}\n    retries: 0\n{mode}"
+        )
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = setup(
+        dir.path(),
+        &step("    mode: merge\n    key: id\n    order_by: ts\n"),
+    )
+    .await;
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
+    let got = rows(&format!("SELECT id::text, v FROM public.{t} ORDER BY id")).await;
+    let pair = |a: &str, b: &str| vec![Some(a.to_string()), Some(b.to_string())];
+    assert_eq!(got, vec![pair("1", "b"), pair("2", "c"), pair("9", "kept")]);
+
+    // A bad line in a new object: the load fails naming it, and nothing changes.
+    let bad_key = format!("{prefix}/b.jsonl.gz");
+    s3c.put(
+        &bucket,
+        &bad_key,
+        gz(&[
+            r#"{"id": 3, "v": "d", "ts": 1}"#,
+            r#"{"id": 4, "v": "e", "ts": 1}"#,
+            r#"{"id": 5, "v": "#,
+        ]),
+        "application/gzip",
+    )
+    .await
+    .expect("put");
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Failed, "{r:?}");
+    let err = r.steps[0].error.clone().unwrap_or_default();
+    assert!(
+        err.contains(&format!("s3://{bucket}/{bad_key} line 3: not valid JSON")),
+        "{err}"
+    );
+    let got = rows(&format!("SELECT id::text, v FROM public.{t} ORDER BY id")).await;
+    assert_eq!(got, vec![pair("1", "b"), pair("2", "c"), pair("9", "kept")]);
+
+    // A value PostgreSQL refuses: the error names the object, and nothing changes.
+    s3c.put(
+        &bucket,
+        &bad_key,
+        gz(&[r#"{"id": "three", "v": "d"}"#]),
+        "application/gzip",
+    )
+    .await
+    .expect("put");
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Failed, "{r:?}");
+    let err = r.steps[0].error.clone().unwrap_or_default();
+    assert!(
+        err.contains(&format!("s3://{bucket}/{bad_key}")) && err.contains("three"),
+        "{err}"
+    );
+    s3c.delete(&bucket, &bad_key).await.expect("delete");
+
+    // replace_interval: the day's rows go, rows of other days stay, the objects load again.
+    let e = setup(
+        dir.path(),
+        &step("    mode: replace_interval\n    time_column: at\n"),
+    )
+    .await;
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Failed, "{r:?}");
+    assert!(
+        r.steps[0]
+            .error
+            .clone()
+            .unwrap_or_default()
+            .contains("duplicate key"),
+        "the object holds id 1 twice: {r:?}"
+    );
+    db.batch_execute(&format!("ALTER TABLE public.{t} DROP CONSTRAINT {t}_pkey"))
+        .await
+        .expect("drop pk");
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
+    let got = rows(&format!(
+        "SELECT id::text, v FROM public.{t} ORDER BY id, v"
+    ))
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            pair("1", "a"),
+            pair("1", "b"),
+            pair("2", "c"),
+            pair("9", "kept")
+        ]
+    );
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
+    let n: i64 = db
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 4, "replace_interval reruns replace, never add");
+    db.batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+    s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
