@@ -8,9 +8,9 @@
 #                   run events_hourly for DAY's 24 hours: hourly folders in S3, dead letters, manifests
 #   4. production   seed the product database (users, channels, recipes) in MariaDB `test`, and run
 #                   product_daily's MySQL → S3 exports (mysql_to_s3) for DAY
-#   5. warehouse    fill the warehouse tables in PostgreSQL `test` (schema analytics) -- a stand-in for the
-#                   product_daily and events_daily loads, which arrive with the load issue
-#   6. run          cranium clear + run of events_daily's SQL and Lua steps for DAY, then runs and logs
+#   5. warehouse    create the warehouse tables in PostgreSQL `test` (schema analytics) and copy the product
+#                   tables from MariaDB (a stand-in for product_daily's loads)
+#   6. run          cranium clear + run of events_daily for DAY: its loads from S3, the Lua check, the rollups
 #   7. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
@@ -30,7 +30,6 @@ mysql_client=$(command -v mariadb || command -v mysql) || die "neither 'mariadb'
 DAY=${DEMO_DAY:-2026-03-01}  # the day whose events are generated and rolled up (UTC, like events_daily)
 NEXT=$(python3 -c 'import datetime,sys; print(datetime.date.fromisoformat(sys.argv[1]) + datetime.timedelta(days=1))' "$DAY") \
   || die "DEMO_DAY must be a date, YYYY-MM-DD"
-STEPS=check_volume,daily_active_users,recipe_runs_per_channel,api_health_hourly,channel_alarms
 
 # The warehouse (PostgreSQL standing in for Redshift) and production (MariaDB), as cranium.yaml sees them.
 export WAREHOUSE_URL=${WAREHOUSE_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -94,6 +93,9 @@ for topic in app_events api_requests; do
   python3 scripts/demo/generate.py events-jsonl --day "$DAY" --topic "$topic" > "$tmp/$topic.jsonl"
   # The topics live in the broker's memory: a second demo run against the same broker adds nothing.
   "$produce" --brokers "$KAFKA_BROKERS" --topic "$topic" --jsonl "$tmp/$topic.jsonl" --if-empty > "$tmp/produced.json"
+  # Freshly produced (a new broker): extract the day again. Object keys come from offsets, and the
+  # generator and the partitioning are deterministic, so the objects are rewritten, not added.
+  grep -q skipped "$tmp/produced.json" || "$bin" clear events_hourly --from "$DAY" --to "$NEXT" >/dev/null
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("skipped") or "{topic}: produced {records:,} records ({mb:.1f} MB) in {seconds:.1f}s".format(mb=r["bytes"]/1e6, **r))' "$tmp/produced.json"
 done
 echo
@@ -145,9 +147,10 @@ for step in export_users export_channels export_recipes; do
   "$bin" logs product_daily "$DAY" "$step" | grep -E "exported" | sed 's/^[^ ]* [A-Z]* *//' | cut -c1-200
 done
 
-section "5. warehouse: analytics.* in PostgreSQL (stand-in for product_daily and events_daily loads, which arrive with the load issue)"
+section "5. warehouse: analytics.* in PostgreSQL (product tables copied from MariaDB: a stand-in for product_daily's loads)"
 python3 scripts/demo/generate.py warehouse-ddl | psql_
-# product_daily stand-in: copy the three tables from MariaDB as they are (mariadb -B escapes like COPY text).
+# product_daily's loads need a first full export of recipes (they are exported incrementally): a
+# stand-in copies the three tables from MariaDB as they are (mariadb -B escapes like COPY text).
 for spec in \
   "channels:id, slug, name, category, created_at, updated_at" \
   "users:id, username, email, display_name, country, plan, created_at, updated_at" \
@@ -157,22 +160,20 @@ do
   mysql_ -B -N -e "SELECT $cols FROM $table ORDER BY id" \
     | psql_ -c "\\copy analytics.$table ($cols) FROM pstdin WITH (NULL 'NULL')"
 done
-# events_daily stand-in: the day's app_events and api_requests, as the loads would leave them.
-python3 scripts/demo/generate.py events --day "$DAY" | psql_
+
+section "6. run: events_daily for $DAY: the loads from S3 (events_hourly's files), then the rollups"
+echo "\$ cranium clear events_daily --from $DAY --to $NEXT"
+"$bin" clear events_daily --from "$DAY" --to "$NEXT"
+echo
+echo "\$ cranium run events_daily --at $DAY --ignore-upstream   (product_daily's loads, which the rollups also wait for, are the stand-in above)"
+"$bin" run events_daily --at "$DAY" --ignore-upstream
 psql_ -P footer=off -c "
   SELECT (SELECT COUNT(*) FROM analytics.users) AS users, (SELECT COUNT(*) FROM analytics.channels) AS channels,
          (SELECT COUNT(*) FROM analytics.recipes) AS recipes, (SELECT COUNT(*) FROM analytics.app_events) AS app_events,
          (SELECT COUNT(*) FROM analytics.api_requests) AS api_requests" \
   -c "SELECT event_type, platform, event_time, properties FROM analytics.app_events
-      WHERE properties::text LIKE '%@%' ORDER BY event_time LIMIT 2"
-echo "(raw e-mail addresses: the stand-in skips events_hourly, whose transform scripts/lua/scrub_emails.lua removes them)"
-
-section "6. run: events_daily's SQL and Lua steps for $DAY"
-echo "\$ cranium clear events_daily --from $DAY --to $NEXT"
-"$bin" clear events_daily --from "$DAY" --to "$NEXT"
-echo
-echo "\$ cranium run events_daily --at $DAY --steps $STEPS --ignore-upstream"
-"$bin" run events_daily --at "$DAY" --steps "$STEPS" --ignore-upstream
+      WHERE properties::text LIKE '%<email>%' ORDER BY event_time LIMIT 2"
+echo "(e-mail addresses replaced on the way to S3 by events_hourly's transform, scripts/lua/scrub_emails.lua)"
 echo
 echo "\$ cranium runs events_daily --limit 5"
 "$bin" runs events_daily --limit 5
