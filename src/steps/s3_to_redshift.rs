@@ -419,19 +419,47 @@ impl S3ToRedshiftStep {
             LoadMode::Append => target.clone(),
         };
         let (mut rows, mut loaded, mut skipped, mut bad) = (0u64, 0u64, 0u64, 0u64);
-        for key in &objects {
-            let Some(info) = s3.head(&bucket, key).await.map_err(StepError::from_s3)? else {
+        // Which objects to load (their ETags, a few HEADs at a time), then their downloads running
+        // ahead of the COPYs, a few at a time.
+        use futures::StreamExt;
+        let reload = self.mode == LoadMode::ReplaceInterval;
+        let heads: Vec<_> = futures::stream::iter(objects.iter().cloned())
+            .map(|key| {
+                let (s3, bucket) = (&s3, &bucket);
+                async move {
+                    let h = s3.head(bucket, &key).await;
+                    (key, h)
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut todo = Vec::new();
+        for (key, head) in heads {
+            let Some(info) = head.map_err(StepError::from_s3)? else {
                 return Err(StepError::new(
                     ErrorClass::Data,
                     format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
                 ));
             };
-            let reload = self.mode == LoadMode::ReplaceInterval;
             if !reload && done.contains(&(key.clone(), info.etag.clone())) {
                 skipped += 1;
                 continue;
             }
-            let data = s3.get(&bucket, key).await.map_err(StepError::from_s3)?;
+            todo.push((key, info.etag));
+        }
+        let mut downloads = futures::stream::iter(todo)
+            .map(|(key, etag)| {
+                let (s3, bucket) = (&s3, &bucket);
+                async move {
+                    let data = s3.get(bucket, &key).await;
+                    (key, etag, data)
+                }
+            })
+            .buffered(4);
+        while let Some((key, etag, data)) = downloads.next().await {
+            let key = &key;
+            let data = data.map_err(StepError::from_s3)?;
             let raw = lake_decode(format, &data).map_err(|e| {
                 StepError::new(ErrorClass::Data, format!("s3://{bucket}/{key}: {e}"))
             })?;
@@ -494,7 +522,7 @@ impl S3ToRedshiftStep {
                 &[
                     self.target.clone().into(),
                     key.clone().into(),
-                    info.etag.clone().into(),
+                    etag.clone().into(),
                     (n as i64).into(),
                     load_id.clone().into(),
                 ],
