@@ -361,3 +361,132 @@ async fn merge_keeps_the_latest_replace_interval_replaces_and_a_bad_line_changes
         .await
         .expect("clean");
 }
+
+/// `cranium run` killed with SIGKILL while its COPY runs: no row of the load is left behind, and the
+/// next run loads everything once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_killed_mid_copy_leaves_nothing_and_the_rerun_completes() {
+    const OBJECTS: usize = 12;
+    const ROWS: usize = 25_000;
+    let t = unique("killed");
+    let db = pg().await;
+    db.batch_execute(&format!("CREATE TABLE public.{t} (id int, v text)"))
+        .await
+        .expect("pg");
+    let (s3c, bucket) = s3();
+    let prefix = unique("cranium-tests/killed");
+    for o in 0..OBJECTS {
+        let lines: Vec<String> = (0..ROWS)
+            .map(|i| {
+                format!(
+                    r#"{{"id": {}, "v": "row {i} of object {o}, padded to be a little longer"}}"#,
+                    o * ROWS + i
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(|l| l.as_str()).collect();
+        s3c.put(
+            &bucket,
+            &format!("{prefix}/o{o:02}.jsonl.gz"),
+            gz(&refs),
+            "application/gzip",
+        )
+        .await
+        .expect("put");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    setup(
+        dir.path(),
+        &format!(
+            "  - id: load\n    kind: s3_to_redshift\n    connection: warehouse\n    s3: lake\n    source:\n      prefix: {prefix}/\n    target: public.{t}\n    retries: 0\n"
+        ),
+    )
+    .await;
+    let cranium = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cranium"));
+        c.args(["run", "j", "--at", "2026-03-01"])
+            .args(extra)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut child = cranium(&[]).spawn().expect("spawn");
+    // Kill it once its COPY into the table is running.
+    let started = std::time::Instant::now();
+    loop {
+        let copying: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1",
+                &[&format!("COPY \"public\".\"{t}\"%")],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if copying > 0 {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the load ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no COPY started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The server notices the dropped connection and rolls the transaction back.
+    let mut n: i64 = -1;
+    for _ in 0..100 {
+        n = db
+            .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        let open: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1",
+                &[&format!("COPY \"public\".\"{t}\"%")],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(n, 0, "no row of the killed load is visible");
+
+    // The next run takes the interrupted one over and loads everything, once; another adds nothing.
+    for _ in 0..2 {
+        let out = cranium(&["--recover-after", "0s"]).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let row = db
+            .query_one(
+                &format!("SELECT count(*), count(DISTINCT id) FROM public.{t}"),
+                &[],
+            )
+            .await
+            .expect("count");
+        let (total, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            (total, distinct),
+            ((OBJECTS * ROWS) as i64, (OBJECTS * ROWS) as i64)
+        );
+    }
+    db.batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+    s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
