@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod lake;
 pub mod lua_runtime;
 pub mod project;
+pub mod redshift;
 pub mod s3;
 pub mod schedule;
 pub mod secret;

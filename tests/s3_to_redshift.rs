@@ -490,3 +490,85 @@ async fn a_load_killed_mid_copy_leaves_nothing_and_the_rerun_completes() {
         .await
         .expect("clean");
 }
+
+/// The redshift dialect, against PostgreSQL (which cannot COPY from S3): the manifest and JSONPaths
+/// files it writes to S3 are exact, the COPY it sends is Redshift's, and its failure rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redshift_dialect_writes_its_manifest_and_rolls_back_a_failed_copy() {
+    let t = unique("rs");
+    let db = pg().await;
+    db.batch_execute(&format!("CREATE TABLE public.{t} (id int, v text)"))
+        .await
+        .expect("pg");
+    let (s3c, bucket) = s3();
+    let prefix = unique("cranium-tests/rs");
+    let key = format!("{prefix}/a.jsonl.gz");
+    let body = gz(&[r#"{"ID": 1, "v": "a"}"#]);
+    let len = body.len();
+    s3c.put(&bucket, &key, body, "application/gzip")
+        .await
+        .expect("put");
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = setup(
+        dir.path(),
+        &format!(
+            "  - id: load\n    kind: s3_to_redshift\n    connection: warehouse\n    dialect: redshift\n    iam_role: arn:aws:iam::123456789012:role/load\n    s3: lake\n    source:\n      prefix: {prefix}/\n    target: public.{t}\n    columns:\n      id: $.ID\n      v: $.v\n    retries: 0\n"
+        ),
+    )
+    .await;
+    let r = run(&e, day("2026-03-01")).await;
+    assert_eq!(state(&r, "load"), StepState::Failed, "{r:?}");
+    let err = r.steps[0].error.clone().unwrap_or_default();
+    assert!(err.contains("the load was rolled back"), "{err}");
+    // The COPY manifest and the JSONPaths file are in S3.
+    let loads = s3c
+        .list(&bucket, &format!("_cranium/loads/public.{t}/"))
+        .await
+        .expect("list");
+    let get = |suffix: &str| {
+        let k = loads
+            .iter()
+            .find(|o| o.key.ends_with(suffix))
+            .map(|o| o.key.clone())
+            .unwrap_or_else(|| panic!("no {suffix} in {loads:?}"));
+        let s3c = &s3c;
+        let bucket = &bucket;
+        async move {
+            serde_json::from_slice::<serde_json::Value>(&s3c.get(bucket, &k).await.expect("get"))
+                .expect("json")
+        }
+    };
+    let m = get(".manifest").await;
+    assert_eq!(
+        m,
+        serde_json::json!({"entries": [{"url": format!("s3://{bucket}/{key}"), "mandatory": true,
+                                        "meta": {"content_length": len}}]})
+    );
+    let j = get(".jsonpaths").await;
+    assert_eq!(j, serde_json::json!({"jsonpaths": ["$['ID']", "$['v']"]}));
+    // Nothing was loaded or recorded.
+    let n: i64 = db
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+    let tracked: i64 = db
+        .query_one(
+            "SELECT count(*) FROM cranium_loaded_objects WHERE target = $1",
+            &[&format!("public.{t}")],
+        )
+        .await
+        .expect("tracked")
+        .get(0);
+    assert_eq!(tracked, 0);
+    db.batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+    s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+    s3c.delete_prefix(&bucket, &format!("_cranium/loads/public.{t}/"))
+        .await
+        .expect("clean");
+}

@@ -231,6 +231,43 @@ impl PgClient {
             .await
     }
 
+    /// The rows of one query through the simple query protocol, as text (what Redshift answers without
+    /// type lookups).
+    pub async fn simple_rows(
+        &mut self,
+        sql: &str,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        self.usable()?;
+        let started = Instant::now();
+        if let Some(why) = already_interrupted(deadline, cancel) {
+            return Err(why.error(started, deadline));
+        }
+        let client = &self.client;
+        let fut = async move {
+            let mut rows = Vec::new();
+            for m in client.simple_query(sql).await? {
+                if let SimpleQueryMessage::Row(r) = m {
+                    rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+                }
+            }
+            Ok(rows)
+        };
+        match Self::guard(&self.cancel_token, fut, deadline, cancel).await {
+            Guarded::Done(Ok(rows)) => Ok(rows),
+            Guarded::Done(Err(e)) => Err(statement_error(0, &e)),
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, false).await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     /// `COPY … FROM STDIN` (`sql`) fed with `data`, inside an open transaction: a failure rolls the
     /// transaction back. Returns the rows copied.
     pub async fn copy_in(

@@ -9,7 +9,9 @@
 //! are turned into COPY text rows by the `columns` map and streamed into `COPY … FROM STDIN`, and its
 //! tracking row is written; `replace_interval` first deletes the interval's rows, `merge` copies into
 //! a staging table, keeps the latest row per key and replaces the matching target rows. A failure rolls
-//! everything back. The `redshift` dialect (COPY from an S3 manifest) is not implemented yet.
+//! everything back. The `redshift` dialect writes a COPY manifest and a JSONPaths file of the new
+//! objects to S3 and runs the statements of `crate::redshift` in one transaction; on a failed COPY it
+//! reads `SYS_LOAD_ERROR_DETAIL` into the error.
 
 use std::collections::HashSet;
 
@@ -207,11 +209,6 @@ impl S3ToRedshiftStep {
         } else {
             LoadDialect::Postgres
         });
-        if dialect == LoadDialect::Redshift {
-            return Err(StepError::config(
-                "the redshift dialect (COPY from an S3 manifest) is not implemented yet; `dialect: postgres` loads through COPY FROM STDIN",
-            ));
-        }
         let format = match self.format {
             LoadFormat::JsonlGz => Format::JsonlGz,
             LoadFormat::JsonlZst => Format::JsonlZst,
@@ -280,6 +277,11 @@ impl S3ToRedshiftStep {
                     .redact(&format!("connection '{}': {e}", self.connection)),
             )
         })?;
+        if dialect == LoadDialect::Redshift {
+            return self
+                .load_redshift(cx, &s3, &bucket, format, &objects, &mut db)
+                .await;
+        }
 
         // The target and its columns.
         let (schema, table) = match self.target.split_once('.') {
@@ -516,8 +518,8 @@ impl S3ToRedshiftStep {
                     )
                 })?;
             db.execute(
-                "INSERT INTO cranium_loaded_objects (target, object_key, etag, rows, load_id) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target, object_key, etag) \
+                "INSERT INTO cranium_loaded_objects (target, object_key, etag, rows, load_id, loaded_at) \
+                 VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (target, object_key, etag) \
                  DO UPDATE SET rows = EXCLUDED.rows, load_id = EXCLUDED.load_id, loaded_at = now()",
                 &[
                     self.target.clone().into(),
@@ -589,6 +591,190 @@ impl S3ToRedshiftStep {
         out.outputs.insert("objects_loaded".into(), loaded.into());
         out.outputs.insert("objects_skipped".into(), skipped.into());
         out.outputs.insert("bad_lines".into(), bad.into());
+        Ok(out)
+    }
+}
+
+impl S3ToRedshiftStep {
+    /// The Redshift dialect: a COPY of the new objects from a manifest written to S3, in one
+    /// transaction with the mode's statements and the tracking rows (see `crate::redshift`).
+    async fn load_redshift(
+        &self,
+        cx: &RunCx,
+        s3: &crate::s3::S3Client,
+        bucket: &str,
+        format: Format,
+        objects: &[String],
+        db: &mut PgClient,
+    ) -> Result<StepOutput, StepError> {
+        use crate::redshift;
+        let (deadline, cancel) = (cx.deadline, &cx.cancel);
+        let iam_role = self.iam_role.as_deref().ok_or_else(|| {
+            StepError::config("the redshift dialect needs `iam_role` (the role COPY reads S3 with)")
+        })?;
+        if self.columns.is_empty() {
+            return Err(StepError::config(
+                "the redshift dialect needs `columns:` (column → JSON path): JSON 'auto' matches keys case-sensitively, so cranium names every path",
+            ));
+        }
+        let mut columns = Vec::new();
+        let mut paths = Vec::new();
+        for (c, src) in &self.columns {
+            let path = match src {
+                ColumnSource::Path(p) => p.clone(),
+                ColumnSource::Spec(s) => s.path.clone(),
+            };
+            columns.push(c.clone());
+            paths.push(super::kafka_to_s3::parse_json_path(&path).map_err(StepError::config)?);
+        }
+        db.statement(redshift::TRACKING_DDL, false, deadline, cancel)
+            .await
+            .map_err(pg_error)?;
+        let done: HashSet<(String, String)> = db
+            .simple_rows(
+                &format!(
+                    "SELECT object_key, etag FROM cranium_loaded_objects WHERE target = {}",
+                    redshift::literal(&self.target)
+                ),
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(pg_error)?
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?)))
+            .collect();
+        let reload = self.mode == LoadMode::ReplaceInterval;
+        let mut entries = Vec::new();
+        let mut tracked = Vec::new();
+        let mut skipped = 0u64;
+        for key in objects {
+            let Some(info) = s3.head(bucket, key).await.map_err(StepError::from_s3)? else {
+                return Err(StepError::new(
+                    ErrorClass::Data,
+                    format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
+                ));
+            };
+            if !reload && done.contains(&(key.clone(), info.etag.clone())) {
+                skipped += 1;
+                continue;
+            }
+            entries.push((key.clone(), info.size));
+            tracked.push((key.clone(), info.etag));
+        }
+        if entries.is_empty() && self.mode != LoadMode::ReplaceInterval {
+            cx.log.info(&format!(
+                "nothing new to load into {} ({skipped} objects already loaded)",
+                self.target
+            ));
+            let mut out = StepOutput {
+                rows_affected: Some(0),
+                ..StepOutput::default()
+            };
+            out.outputs.insert("objects_skipped".into(), skipped.into());
+            return Ok(out);
+        }
+        let load_id = format!("{}.{}", cx.name(), cx.run_id);
+        let base = format!("_cranium/loads/{}/{load_id}", self.target);
+        let (manifest_key, jsonpaths_key) =
+            (format!("{base}.manifest"), format!("{base}.jsonpaths"));
+        s3.put(
+            bucket,
+            &manifest_key,
+            redshift::manifest(bucket, &entries).into(),
+            "application/json",
+        )
+        .await
+        .map_err(StepError::from_s3)?;
+        s3.put(
+            bucket,
+            &jsonpaths_key,
+            redshift::jsonpaths(&paths).into(),
+            "application/json",
+        )
+        .await
+        .map_err(StepError::from_s3)?;
+        let (manifest_url, jsonpaths_url) = (
+            format!("s3://{bucket}/{manifest_key}"),
+            format!("s3://{bucket}/{jsonpaths_key}"),
+        );
+        let copy = redshift::Copy {
+            table: &self.target,
+            columns: &columns,
+            manifest_url: &manifest_url,
+            jsonpaths_url: &jsonpaths_url,
+            iam_role,
+            compression: match format {
+                Format::JsonlGz => redshift::Compression::Gzip,
+                Format::JsonlZst => redshift::Compression::Zstd,
+                Format::Jsonl => redshift::Compression::None,
+            },
+            timeformat: self.timeformat.as_deref().unwrap_or("auto"),
+            max_errors: self.max_errors,
+        };
+        let keys: Vec<String> = self.key.iter().flat_map(|k| k.iter().cloned()).collect();
+        let mode = match self.mode {
+            LoadMode::Append => redshift::LoadMode::Append,
+            LoadMode::ReplaceInterval => redshift::LoadMode::ReplaceInterval {
+                column: self.time_column.as_deref().ok_or_else(|| {
+                    StepError::config("mode 'replace_interval' needs `time_column`")
+                })?,
+                start: cx.interval.start.to_rfc3339(),
+                end: cx.interval.end.to_rfc3339(),
+            },
+            LoadMode::Merge => redshift::LoadMode::Merge {
+                keys: &keys,
+                order_by: self.order_by.as_deref(),
+            },
+        };
+        let statements = redshift::load_statements(&copy, &self.target, &mode, &tracked, &load_id);
+        for (i, st) in statements.iter().enumerate() {
+            let in_tx = i > 0;
+            if let Err(e) = db.statement(st, in_tx, deadline, cancel).await {
+                let mut message = format!("{e} (the load was rolled back)");
+                if st.starts_with("COPY") {
+                    // What Redshift recorded about the failed COPY.
+                    if let Ok(rows) = db
+                        .simple_rows(redshift::load_errors_sql(), deadline, cancel)
+                        .await
+                    {
+                        for r in rows {
+                            let f = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                            message.push_str(&format!(
+                                "; {} line {} column {} ({}): {} [{}]",
+                                f(0),
+                                f(1),
+                                f(2),
+                                f(3),
+                                f(4).trim(),
+                                f(5).trim()
+                            ));
+                        }
+                    }
+                }
+                return Err(StepError::new(ErrorClass::Data, message));
+            }
+        }
+        if self.analyze {
+            db.statement(
+                &format!("ANALYZE {}", redshift::ident(&self.target)),
+                false,
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        cx.log.info(&format!(
+            "loaded {} objects into {} with COPY from {manifest_url} ({skipped} objects already loaded)",
+            entries.len(),
+            self.target
+        ));
+        let mut out = StepOutput::default();
+        out.outputs
+            .insert("objects_loaded".into(), entries.len().into());
+        out.outputs.insert("objects_skipped".into(), skipped.into());
+        out.outputs.insert("manifest".into(), manifest_url.into());
         Ok(out)
     }
 }
