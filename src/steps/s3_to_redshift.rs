@@ -425,33 +425,10 @@ impl S3ToRedshiftStep {
         // ahead of the COPYs, a few at a time.
         use futures::StreamExt;
         let reload = self.mode == LoadMode::ReplaceInterval;
-        let heads: Vec<_> = futures::stream::iter(objects.iter().cloned())
-            .map(|key| {
-                let (s3, bucket) = (&s3, &bucket);
-                async move {
-                    let h = s3.head(bucket, &key).await;
-                    (key, h)
-                }
-            })
-            .buffered(8)
-            .collect()
-            .await;
-        let mut todo = Vec::new();
-        for (key, head) in heads {
-            let Some(info) = head.map_err(StepError::from_s3)? else {
-                return Err(StepError::new(
-                    ErrorClass::Data,
-                    format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
-                ));
-            };
-            if !reload && done.contains(&(key.clone(), info.etag.clone())) {
-                skipped += 1;
-                continue;
-            }
-            todo.push((key, info.etag));
-        }
+        let (todo, n_skipped) = objects_to_load(&s3, &bucket, &objects, &done, reload).await?;
+        skipped += n_skipped;
         let mut downloads = futures::stream::iter(todo)
-            .map(|(key, etag)| {
+            .map(|(key, etag, _)| {
                 let (s3, bucket) = (&s3, &bucket);
                 async move {
                     let data = s3.get(bucket, &key).await;
@@ -645,23 +622,11 @@ impl S3ToRedshiftStep {
             .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?)))
             .collect();
         let reload = self.mode == LoadMode::ReplaceInterval;
-        let mut entries = Vec::new();
-        let mut tracked = Vec::new();
-        let mut skipped = 0u64;
-        for key in objects {
-            let Some(info) = s3.head(bucket, key).await.map_err(StepError::from_s3)? else {
-                return Err(StepError::new(
-                    ErrorClass::Data,
-                    format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
-                ));
-            };
-            if !reload && done.contains(&(key.clone(), info.etag.clone())) {
-                skipped += 1;
-                continue;
-            }
-            entries.push((key.clone(), info.size));
-            tracked.push((key.clone(), info.etag));
-        }
+        let (todo, skipped) = objects_to_load(s3, bucket, objects, &done, reload).await?;
+        let entries: Vec<(String, u64)> =
+            todo.iter().map(|(k, _, size)| (k.clone(), *size)).collect();
+        let tracked: Vec<(String, String)> =
+            todo.into_iter().map(|(k, etag, _)| (k, etag)).collect();
         if entries.is_empty() && self.mode != LoadMode::ReplaceInterval {
             cx.log.info(&format!(
                 "nothing new to load into {} ({skipped} objects already loaded)",
@@ -777,6 +742,41 @@ impl S3ToRedshiftStep {
         out.outputs.insert("manifest".into(), manifest_url.into());
         Ok(out)
     }
+}
+
+/// The objects still to load, with their ETags and sizes (HEADs 8 at a time), and how many were
+/// skipped as already loaded (never for `replace_interval`, which reloads its interval).
+async fn objects_to_load(
+    s3: &crate::s3::S3Client,
+    bucket: &str,
+    objects: &[String],
+    done: &HashSet<(String, String)>,
+    reload: bool,
+) -> Result<(Vec<(String, String, u64)>, u64), StepError> {
+    use futures::StreamExt;
+    let heads: Vec<_> = futures::stream::iter(objects.iter().cloned())
+        .map(|key| async move {
+            let h = s3.head(bucket, &key).await;
+            (key, h)
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let (mut todo, mut skipped) = (Vec::new(), 0u64);
+    for (key, head) in heads {
+        let Some(info) = head.map_err(StepError::from_s3)? else {
+            return Err(StepError::new(
+                ErrorClass::Data,
+                format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
+            ));
+        };
+        if !reload && done.contains(&(key.clone(), info.etag.clone())) {
+            skipped += 1;
+            continue;
+        }
+        todo.push((key, info.etag, info.size));
+    }
+    Ok((todo, skipped))
 }
 
 fn lake_decode(format: Format, data: &[u8]) -> std::io::Result<Vec<u8>> {
