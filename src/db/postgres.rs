@@ -268,12 +268,12 @@ impl PgClient {
         }
     }
 
-    /// `COPY … FROM STDIN` (`sql`) fed with `data`, inside an open transaction: a failure rolls the
-    /// transaction back. Returns the rows copied.
+    /// `COPY … FROM STDIN` (`sql`) fed with what arrives on `data` until it closes, inside an open
+    /// transaction: a failure rolls the transaction back. Returns the rows copied.
     pub async fn copy_in(
         &mut self,
         sql: &str,
-        data: Vec<bytes::Bytes>,
+        mut data: tokio::sync::mpsc::Receiver<bytes::Bytes>,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<u64, DbError> {
@@ -288,7 +288,7 @@ impl PgClient {
         let fut = async move {
             let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
             let mut sink = std::pin::pin!(sink);
-            for chunk in data {
+            while let Some(chunk) = data.recv().await {
                 sink.send(chunk).await?;
             }
             sink.as_mut().finish().await

@@ -338,6 +338,7 @@ impl S3ToRedshiftStep {
                 });
             }
         }
+        let mapped = std::sync::Arc::new(mapped);
         let col_list = mapped
             .iter()
             .map(|m| quote_ident(&m.column))
@@ -439,61 +440,48 @@ impl S3ToRedshiftStep {
         while let Some((key, etag, data)) = downloads.next().await {
             let key = &key;
             let data = data.map_err(StepError::from_s3)?;
-            let raw = lake_decode(format, &data).map_err(|e| {
-                StepError::new(ErrorClass::Data, format!("s3://{bucket}/{key}: {e}"))
-            })?;
-            let mut buf = Vec::with_capacity(raw.len());
-            for (n, line) in raw.split(|b| *b == b'\n').enumerate() {
-                if line.is_empty() {
-                    continue;
-                }
-                let row = serde_json::from_slice::<serde_json::Value>(line)
-                    .map_err(|e| format!("not valid JSON: {e}"))
-                    .and_then(|v| {
-                        let mut r = Vec::new();
-                        for (i, m) in mapped.iter().enumerate() {
-                            if i > 0 {
-                                r.push(b'\t');
-                            }
-                            let val = at_path(&v, &m.path).unwrap_or(&serde_json::Value::Null);
-                            copy_text(val, m.cast.as_deref(), &mut r)
-                                .map_err(|e| format!("column {}: {e}", m.column))?;
-                        }
-                        r.push(b'\n');
-                        Ok(r)
-                    });
-                match row {
-                    Ok(r) => buf.extend_from_slice(&r),
-                    Err(e) => {
-                        bad += 1;
-                        if bad > self.max_errors {
-                            let _ = db.statement("ROLLBACK", false, deadline, cancel).await;
-                            return Err(StepError::new(
-                                ErrorClass::Data,
-                                format!(
-                                    "s3://{bucket}/{key} line {}: {e} (max_errors is {}; the load was rolled back)",
-                                    n + 1,
-                                    self.max_errors
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            let n = db
+            // Decoding runs on a blocking thread and streams its rows into the COPY as it goes, so
+            // the server parses while the next rows are built.
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            let (mapped2, allowed) = (mapped.clone(), self.max_errors - bad);
+            let builder = tokio::task::spawn_blocking(move || {
+                copy_rows(format, &data, &mapped2, allowed, &tx)
+            });
+            let copied = db
                 .copy_in(
                     &format!("COPY {dest} ({col_list}) FROM STDIN"),
-                    vec![bytes::Bytes::from(buf)],
+                    rx,
                     deadline,
                     cancel,
                 )
+                .await;
+            let built = builder
                 .await
-                .map_err(|e| {
-                    StepError::new(
+                .map_err(|e| StepError::new(ErrorClass::Internal, format!("decoder: {e}")))?;
+            let n = match (built, copied) {
+                (Err(e), copied) => {
+                    if copied.is_ok() {
+                        let _ = db.statement("ROLLBACK", false, deadline, cancel).await;
+                    }
+                    return Err(StepError::new(
+                        ErrorClass::Data,
+                        format!(
+                            "s3://{bucket}/{key}{e} (max_errors is {}; the load was rolled back)",
+                            self.max_errors
+                        ),
+                    ));
+                }
+                (Ok(_), Err(e)) => {
+                    return Err(StepError::new(
                         ErrorClass::Data,
                         format!("s3://{bucket}/{key}: {e} (the load was rolled back)"),
-                    )
-                })?;
+                    ))
+                }
+                (Ok(b), Ok(n)) => {
+                    bad += b;
+                    n
+                }
+            };
             db.execute(
                 "INSERT INTO cranium_loaded_objects (target, object_key, etag, rows, load_id, loaded_at) \
                  VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (target, object_key, etag) \
@@ -742,6 +730,61 @@ impl S3ToRedshiftStep {
         out.outputs.insert("manifest".into(), manifest_url.into());
         Ok(out)
     }
+}
+
+/// Turn an object's JSON lines into COPY text rows, sent on `tx` in chunks of about 1 MiB. Returns the
+/// number of lines skipped as bad (at most `allowed`), or, past that, the error (` line N: reason`).
+fn copy_rows(
+    format: Format,
+    data: &[u8],
+    mapped: &[Mapped],
+    allowed: u64,
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<u64, String> {
+    const CHUNK: usize = 1 << 20;
+    let raw = lake_decode(format, data).map_err(|e| format!(": {e}"))?;
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    let mut bad = 0u64;
+    for (n, line) in raw.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let start = buf.len();
+        let row = serde_json::from_slice::<serde_json::Value>(line)
+            .map_err(|e| format!("not valid JSON: {e}"))
+            .and_then(|v| {
+                for (i, m) in mapped.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    let val = at_path(&v, &m.path).unwrap_or(&serde_json::Value::Null);
+                    copy_text(val, m.cast.as_deref(), &mut buf)
+                        .map_err(|e| format!("column {}: {e}", m.column))?;
+                }
+                buf.push(b'\n');
+                Ok(())
+            });
+        if let Err(e) = row {
+            buf.truncate(start);
+            bad += 1;
+            if bad > allowed {
+                return Err(format!(" line {}: {e}", n + 1));
+            }
+        }
+        if buf.len() >= CHUNK {
+            let chunk = bytes::Bytes::from(std::mem::replace(
+                &mut buf,
+                Vec::with_capacity(CHUNK + 4096),
+            ));
+            if tx.blocking_send(chunk).is_err() {
+                return Ok(bad); // the COPY stopped; its error is the one to report
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.blocking_send(bytes::Bytes::from(buf));
+    }
+    Ok(bad)
 }
 
 /// The objects still to load, with their ETags and sizes (HEADs 8 at a time), and how many were
