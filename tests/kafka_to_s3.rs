@@ -9,13 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use cranium::check::check;
-use cranium::config::interp::Env;
-use cranium::engine::{Engine, RunOptions};
+use cranium::engine::Engine;
 use cranium::schedule::Interval;
-use cranium::store::{StepState, Store};
+use cranium::store::StepState;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -23,31 +20,15 @@ fn t(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn hour(s: &str) -> Interval {
-    let start = t(s);
-    Interval {
-        start,
-        end: start + chrono::Duration::hours(1),
-    }
+/// The hour starting at `s`.
+fn hour1(s: &str) -> Interval {
+    interval(s, 1)
 }
 
 fn job(topic: &str, prefix: &str, extra: &str) -> String {
     format!(
         "job: extract\nschedule: \"@hourly\"\nstart: 2026-01-01\nsteps:\n  - id: copy\n    kind: kafka_to_s3\n    connection: events\n    topic: {topic}\n    s3: lake\n    prefix: {prefix}\n    dead_letter: {prefix}/_dead\n{extra}"
     )
-}
-
-async fn engine(dir: &Path) -> Engine {
-    let c = check(dir, &Env::default()).expect("project loads");
-    assert!(
-        !c.diagnostics.has_errors(),
-        "{}",
-        c.diagnostics.render(&c.project.redactor)
-    );
-    let store = Store::open("sqlite://.cranium/state.db", dir)
-        .await
-        .expect("store");
-    Engine::new(c.project.clone(), c.graph.clone(), store)
 }
 
 /// A project in `dir` whose `extract` job copies `topic` under `prefix`, and its engine.
@@ -65,14 +46,7 @@ async fn run(
     serde_json::Map<String, serde_json::Value>,
     String,
 ) {
-    let opts = RunOptions {
-        rerun: cranium::engine::Rerun::All,
-        ..RunOptions::default()
-    };
-    let r = e
-        .run_interval("extract", iv, &opts, CancellationToken::new())
-        .await
-        .expect("run");
+    let r = run_job(e, "extract", iv).await;
     let s = r.steps.iter().find(|s| s.step == "copy").expect("step");
     let rec = e
         .store
@@ -135,7 +109,7 @@ async fn routes_records_into_hours_by_their_time() {
         "    partition_by: field:$.time\n    format: jsonl.zst\n",
     )
     .await;
-    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 5);
 
@@ -194,7 +168,7 @@ async fn routes_records_into_hours_by_their_time() {
     assert_eq!(out["lag_total"], 0);
 
     // The next hour finds nothing new: no object is added.
-    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 0);
     assert_eq!(
@@ -230,7 +204,7 @@ async fn cuts_objects_by_count_and_bytes_and_reads_the_last_batch() {
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/rotate");
     let e = setup(dir.path(), &topic, &prefix, "    max_object_records: 120\n").await;
-    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 300, "the last record batch was left behind");
     let (s3, bucket) = s3();
@@ -272,7 +246,7 @@ async fn cuts_objects_by_count_and_bytes_and_reads_the_last_batch() {
         "    max_object_bytes: 1KiB\n    format: jsonl\n",
     )
     .await;
-    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 100);
     let objects = read_objects(&s3, &bucket, &format!("{prefix2}/2026/")).await;
@@ -315,7 +289,7 @@ async fn dead_letters_fail_over_the_ratio_and_a_retry_rewrites_the_same_objects(
     );
     project(dir.path(), &[("extract", &strict)]);
     let e = engine(dir.path()).await;
-    let iv = hour("2026-03-01T11:00:00Z");
+    let iv = hour1("2026-03-01T11:00:00Z");
     let (state, _, report) = run(&e, iv).await;
     assert_eq!(state, StepState::Failed, "{report}");
     let attempts = e
@@ -426,7 +400,7 @@ async fn until_interval_end_stops_at_the_first_later_record() {
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/until");
     let e = setup(dir.path(), &topic, &prefix, "    until: interval_end\n").await;
-    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);
     assert_eq!(out["lag_total"], 2);
@@ -459,7 +433,7 @@ async fn until_interval_end_stops_at_the_first_later_record() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(rows[0]["topic"], topic.as_str());
     assert_eq!(rows[0]["lag"], 2);
-    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 2);
     let (s3, bucket) = s3();
@@ -480,7 +454,7 @@ async fn a_missing_topic_or_bucket_is_a_clear_error() {
     let prefix = unique("cranium-tests/missing");
     let topic = unique("no_such_topic");
     let e = setup(dir.path(), &topic, &prefix, "").await;
-    let iv = hour("2026-03-01T11:00:00Z");
+    let iv = hour1("2026-03-01T11:00:00Z");
     let (state, _, report) = run(&e, iv).await;
     assert_eq!(state, StepState::Failed, "{report}");
     assert!(
@@ -539,10 +513,10 @@ async fn resumes_from_the_middle_of_a_large_record_batch() {
     let dir = tempfile::tempdir().expect("tmp");
     let prefix = unique("cranium-tests/mid-batch");
     let e = setup(dir.path(), &topic, &prefix, "    until: interval_end\n").await;
-    let (state, out, report) = run(&e, hour("2026-03-01T11:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 5000);
-    let (state, out, report) = run(&e, hour("2026-03-01T12:00:00Z")).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     assert_eq!(out["records"], 5000);
     let (s3, bucket) = s3();

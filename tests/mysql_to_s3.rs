@@ -5,16 +5,11 @@ mod support;
 
 use std::path::Path;
 
-use cranium::check::check;
-use cranium::config::interp::Env;
-use cranium::engine::{Engine, Rerun, RunOptions};
+use cranium::engine::Engine;
 use cranium::schedule::Interval;
-use cranium::store::{StepState, Store};
+use cranium::store::StepState;
 use mysql_async::prelude::Queryable;
 use support::*;
-use tokio_util::sync::CancellationToken;
-
-const MY: &str = "mysql://root@127.0.0.1:3306/test";
 
 async fn my() -> mysql_async::Conn {
     let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(MY).expect("url"))
@@ -26,17 +21,7 @@ async fn my() -> mysql_async::Conn {
     c
 }
 
-fn day(d: &str) -> Interval {
-    let start = chrono::DateTime::parse_from_rfc3339(&format!("{d}T00:00:00Z"))
-        .expect("day")
-        .with_timezone(&chrono::Utc);
-    Interval {
-        start,
-        end: start + chrono::Duration::days(1),
-    }
-}
-
-/// A project with the services' connections plus `production` (MariaDB), one job `export` with one
+/// A project with one job `export` with one
 /// step `dump` of `step` (the kind-specific lines), and its engine.
 async fn setup(dir: &Path, step: &str) -> Engine {
     project(
@@ -48,36 +33,11 @@ async fn setup(dir: &Path, step: &str) -> Engine {
             ),
         )],
     );
-    let yaml = std::fs::read_to_string(dir.join("cranium.yaml")).expect("yaml");
-    std::fs::write(
-        dir.join("cranium.yaml"),
-        yaml.replace(
-            "connections:\n",
-            &format!("connections:\n  production:\n    kind: mysql\n    url: {MY}\n"),
-        ),
-    )
-    .expect("yaml");
-    let c = check(dir, &Env::default()).expect("project loads");
-    assert!(
-        !c.diagnostics.has_errors(),
-        "{}",
-        c.diagnostics.render(&c.project.redactor)
-    );
-    let store = Store::open("sqlite://.cranium/state.db", dir)
-        .await
-        .expect("store");
-    Engine::new(c.project.clone(), c.graph.clone(), store)
+    engine(dir).await
 }
 
 async fn run(e: &Engine, iv: Interval) -> (StepState, String) {
-    let opts = RunOptions {
-        rerun: Rerun::All,
-        ..RunOptions::default()
-    };
-    let r = e
-        .run_interval("export", iv, &opts, CancellationToken::new())
-        .await
-        .expect("run");
+    let r = run_job(e, "export", iv).await;
     (r.steps[0].state, format!("{r:?}"))
 }
 

@@ -7,37 +7,13 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 
-use cranium::check::check;
-use cranium::config::interp::Env;
-use cranium::engine::{Engine, Rerun, RunOptions, RunReport};
+use cranium::engine::{Engine, RunReport};
 use cranium::schedule::Interval;
-use cranium::store::{StepState, Store};
+use cranium::store::StepState;
 use mysql_async::prelude::Queryable;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
-const MY: &str = "mysql://root@127.0.0.1:3306/test";
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .expect("connect pg");
-    tokio::spawn(conn);
-    client
-}
-
-fn day(d: &str) -> Interval {
-    let start = chrono::DateTime::parse_from_rfc3339(&format!("{d}T00:00:00Z"))
-        .expect("day")
-        .with_timezone(&chrono::Utc);
-    Interval {
-        start,
-        end: start + chrono::Duration::days(1),
-    }
-}
-
-/// A project with `production` (MariaDB), `warehouse` (PostgreSQL) and the services, one job `j`
+/// A project with one job `j`
 /// with `steps` (YAML list items), and its engine.
 async fn setup(dir: &Path, steps: &str) -> Engine {
     project(
@@ -47,37 +23,11 @@ async fn setup(dir: &Path, steps: &str) -> Engine {
             &format!("job: j\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n{steps}"),
         )],
     );
-    let yaml = std::fs::read_to_string(dir.join("cranium.yaml")).expect("yaml");
-    std::fs::write(
-        dir.join("cranium.yaml"),
-        yaml.replace(
-            "connections:\n",
-            &format!(
-                "connections:\n  production:\n    kind: mysql\n    url: {MY}\n  warehouse:\n    kind: postgres\n    url: {PG}\n"
-            ),
-        ),
-    )
-    .expect("yaml");
-    let c = check(dir, &Env::default()).expect("project loads");
-    assert!(
-        !c.diagnostics.has_errors(),
-        "{}",
-        c.diagnostics.render(&c.project.redactor)
-    );
-    let store = Store::open("sqlite://.cranium/state.db", dir)
-        .await
-        .expect("store");
-    Engine::new(c.project.clone(), c.graph.clone(), store)
+    engine(dir).await
 }
 
 async fn run(e: &Engine, iv: Interval) -> RunReport {
-    let opts = RunOptions {
-        rerun: Rerun::All,
-        ..RunOptions::default()
-    };
-    e.run_interval("j", iv, &opts, CancellationToken::new())
-        .await
-        .expect("run")
+    run_job(e, "j", iv).await
 }
 
 fn state(r: &RunReport, step: &str) -> StepState {

@@ -13,6 +13,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+pub const MY: &str = "mysql://root@127.0.0.1:3306/test";
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 pub const S3_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
 
 pub fn env_or(name: &str, default: &str) -> String {
@@ -53,13 +56,14 @@ pub fn unique(name: &str) -> String {
     format!("{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
 
-/// `cranium.yaml` with the services' connections and a SQLite store; `jobs` as (file name, text).
+/// `cranium.yaml` with the services' connections (`events`: Kafka, `lake`: S3) and the databases
+/// (`production`: MariaDB, `warehouse`: PostgreSQL), and a SQLite store; `jobs` as (file name, text).
 pub fn project(dir: &Path, jobs: &[(&str, &str)]) {
     let c = s3_conn();
     std::fs::write(
         dir.join("cranium.yaml"),
         format!(
-            "connections:\n  events:\n    kind: kafka\n    brokers: {}\n  lake:\n    kind: s3\n    endpoint: {}\n    region: {}\n    path_style: true\n    access_key_id: {}\n    secret_access_key: {}\n    bucket: {}\n",
+            "connections:\n  production:\n    kind: mysql\n    url: {MY}\n  warehouse:\n    kind: postgres\n    url: {PG}\n  events:\n    kind: kafka\n    brokers: {}\n  lake:\n    kind: s3\n    endpoint: {}\n    region: {}\n    path_style: true\n    access_key_id: {}\n    secret_access_key: {}\n    bucket: {}\n",
             brokers(),
             c.endpoint.unwrap_or_default(),
             c.region.unwrap_or_default(),
@@ -175,4 +179,58 @@ pub async fn read_objects(s3: &S3Client, bucket: &str, prefix: &str) -> Vec<(Str
         out.push((o.key, lines));
     }
     out
+}
+
+/// The project in `dir`, checked (no errors allowed), with its SQLite store.
+pub async fn engine(dir: &Path) -> cranium::engine::Engine {
+    let c = cranium::check::check(dir, &cranium::config::interp::Env::default())
+        .expect("project loads");
+    assert!(
+        !c.diagnostics.has_errors(),
+        "{}",
+        c.diagnostics.render(&c.project.redactor)
+    );
+    let store = cranium::store::Store::open("sqlite://.cranium/state.db", dir)
+        .await
+        .expect("store");
+    cranium::engine::Engine::new(c.project.clone(), c.graph.clone(), store)
+}
+
+/// The interval `[start, start + hours)`, `start` in RFC 3339.
+pub fn interval(start: &str, hours: i64) -> cranium::schedule::Interval {
+    let start = chrono::DateTime::parse_from_rfc3339(start)
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    cranium::schedule::Interval {
+        start,
+        end: start + chrono::Duration::hours(hours),
+    }
+}
+
+/// The day `YYYY-MM-DD` (UTC) as an interval.
+pub fn day(d: &str) -> cranium::schedule::Interval {
+    interval(&format!("{d}T00:00:00Z"), 24)
+}
+
+/// Run `job` for `iv`, rerunning what already succeeded.
+pub async fn run_job(
+    e: &cranium::engine::Engine,
+    job: &str,
+    iv: cranium::schedule::Interval,
+) -> cranium::engine::RunReport {
+    let opts = cranium::engine::RunOptions {
+        rerun: cranium::engine::Rerun::All,
+        ..Default::default()
+    };
+    e.run_interval(job, iv, &opts, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("run")
+}
+
+pub async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("connect pg");
+    tokio::spawn(conn);
+    client
 }
