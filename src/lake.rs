@@ -136,6 +136,44 @@ enum Encoder {
     Gz(flate2::write::GzEncoder<BufWriter<File>>),
     Zst(zstd::Encoder<'static, BufWriter<File>>),
     Plain(BufWriter<File>),
+    /// Another encoder on its own thread, fed chunks (the caller builds lines meanwhile).
+    Threaded {
+        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+        thread: std::thread::JoinHandle<io::Result<BufWriter<File>>>,
+    },
+}
+
+impl Encoder {
+    fn write_all(&mut self, chunk: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Encoder::Gz(e) => e.write_all(chunk)?,
+            Encoder::Zst(e) => e.write_all(chunk)?,
+            Encoder::Plain(e) => e.write_all(chunk)?,
+            Encoder::Threaded { tx, .. } => {
+                let full = std::mem::replace(chunk, Vec::with_capacity(CHUNK + 4096));
+                if tx.send(full).is_err() {
+                    return Err(io::Error::other("the compressing thread stopped"));
+                }
+                return Ok(());
+            }
+        }
+        chunk.clear();
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<BufWriter<File>> {
+        match self {
+            Encoder::Gz(e) => e.finish(),
+            Encoder::Zst(e) => e.finish(),
+            Encoder::Plain(b) => Ok(b),
+            Encoder::Threaded { tx, thread } => {
+                drop(tx);
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("the compressing thread panicked"))?
+            }
+        }
+    }
 }
 
 /// Lines are handed to the compressor in chunks of this many bytes (one call per line costs more
@@ -184,6 +222,27 @@ impl ObjectWriter {
         })
     }
 
+    /// As [`ObjectWriter::new`], compressing on a thread of its own, so that the caller builds the
+    /// next lines while the previous ones compress.
+    pub fn new_threaded(dir: &Path, format: Format, level: u32) -> io::Result<ObjectWriter> {
+        let mut w = ObjectWriter::new(dir, format, level)?;
+        let mut inner = std::mem::replace(
+            &mut w.enc,
+            Encoder::Plain(BufWriter::new(tempfile::tempfile_in(dir)?)),
+        );
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let thread = std::thread::Builder::new()
+            .name("cranium-compress".into())
+            .spawn(move || {
+                for mut chunk in rx {
+                    inner.write_all(&mut chunk)?;
+                }
+                inner.finish()
+            })?;
+        w.enc = Encoder::Threaded { tx, thread };
+        Ok(w)
+    }
+
     /// Append one line (without its newline) for the record at `offset`.
     pub fn write_line(
         &mut self,
@@ -210,24 +269,16 @@ impl ObjectWriter {
     }
 
     fn flush_chunk(&mut self) -> io::Result<()> {
-        let w: &mut dyn Write = match &mut self.enc {
-            Encoder::Gz(e) => e,
-            Encoder::Zst(e) => e,
-            Encoder::Plain(e) => e,
-        };
-        w.write_all(&self.chunk)?;
-        self.chunk.clear();
-        Ok(())
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        self.enc.write_all(&mut self.chunk)
     }
 
     /// Finish the stream; returns the temporary file (deleted when dropped) and its size.
     pub fn finish(mut self) -> io::Result<(tempfile::TempPath, u64)> {
         self.flush_chunk()?;
-        let buf = match self.enc {
-            Encoder::Gz(e) => e.finish()?,
-            Encoder::Zst(e) => e.finish()?,
-            Encoder::Plain(b) => b,
-        };
+        let buf = self.enc.finish()?;
         let file = buf.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         let len = file.metadata()?.len();
@@ -237,6 +288,22 @@ impl ObjectWriter {
     pub fn path(&self) -> PathBuf {
         self.file.to_path_buf()
     }
+}
+
+/// A reader of an object's lines as it decompresses.
+pub fn reader<'a>(format: Format, data: &'a [u8]) -> io::Result<Box<dyn io::BufRead + Send + 'a>> {
+    const BUF: usize = 256 * 1024;
+    Ok(match format {
+        Format::JsonlGz => Box::new(io::BufReader::with_capacity(
+            BUF,
+            flate2::read::MultiGzDecoder::new(data),
+        )),
+        Format::JsonlZst => Box::new(io::BufReader::with_capacity(
+            BUF,
+            zstd::stream::read::Decoder::with_buffer(data)?,
+        )),
+        Format::Jsonl => Box::new(data),
+    })
 }
 
 /// Decode an object's bytes into its lines (for tests and checks that read objects back).

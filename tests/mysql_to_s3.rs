@@ -11,16 +11,6 @@ use cranium::store::StepState;
 use mysql_async::prelude::Queryable;
 use support::*;
 
-async fn my() -> mysql_async::Conn {
-    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(MY).expect("url"))
-        .await
-        .expect("connect to MariaDB");
-    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = ''")
-        .await
-        .expect("session");
-    c
-}
-
 /// A project with one job `export` with one
 /// step `dump` of `step` (the kind-specific lines), and its engine.
 async fn setup(dir: &Path, step: &str) -> Engine {
@@ -54,7 +44,7 @@ async fn lines(prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mysql_type_maps_to_documented_json() {
     let table = unique("types");
-    let mut c = my().await;
+    let mut c = mysql().await;
     c.query_drop(format!(
         "CREATE TABLE {table} (
             id INT PRIMARY KEY,
@@ -121,7 +111,7 @@ async fn every_mysql_type_maps_to_documented_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_by_key_and_exports_only_the_interval_incrementally() {
     let table = unique("events");
-    let mut c = my().await;
+    let mut c = mysql().await;
     c.query_drop(format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, updated_at DATETIME NOT NULL, v VARCHAR(10))"
     ))

@@ -64,12 +64,7 @@ async fn rows(sql: &str) -> Vec<Vec<Option<String>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing() {
     let table = unique("rt");
-    let mut my = mysql_async::Conn::new(mysql_async::Opts::from_url(MY).expect("url"))
-        .await
-        .expect("mariadb");
-    my.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
-        .await
-        .expect("session");
+    let mut my = mysql().await;
     my.query_drop(format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, amount DECIMAL(20,6), created DATETIME(6),
            seen TIMESTAMP(3) NULL, born DATE, active TINYINT(1), big BIGINT UNSIGNED, ratio DOUBLE,
@@ -91,7 +86,8 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     db.batch_execute(&format!(
         "CREATE TABLE public.{table} (id int PRIMARY KEY, amount numeric(20,6), created timestamp(6),
            seen timestamptz, born date, active boolean, big numeric(20,0), ratio double precision,
-           doc jsonb, color text, pic text, name text, note text)"
+           doc jsonb, color text, pic text, name text, note text);
+         CREATE TABLE public.{table}_csv (LIKE public.{table})"
     ))
     .await
     .expect("pg create");
@@ -101,18 +97,23 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     let e = setup(
         dir.path(),
         &format!(
-            "  - id: dump\n    kind: mysql_to_s3\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: {prefix}\n  - id: load\n    kind: s3_to_redshift\n    after: [dump]\n    connection: warehouse\n    s3: lake\n    source:\n      manifests_from: dump\n    target: public.{table}\n    retries: 0\n"
+            "  - id: dump\n    kind: mysql_to_s3\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: {prefix}\n  - id: load\n    kind: s3_to_redshift\n    after: [dump]\n    connection: warehouse\n    s3: lake\n    source:\n      manifests_from: dump\n    target: public.{table}\n    retries: 0\n  - id: dump_csv\n    kind: mysql_to_s3\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: {prefix}/csv\n    format: csv.gz\n  - id: load_csv\n    kind: s3_to_redshift\n    after: [dump_csv]\n    connection: warehouse\n    s3: lake\n    source:\n      manifests_from: dump_csv\n    target: public.{table}_csv\n    format: csv.gz\n    retries: 0\n"
         ),
     )
     .await;
     let r = run(&e, day("2026-03-01")).await;
     assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
-    let got = rows(&format!(
-        "SELECT id::text, amount::text, created::text, (seen AT TIME ZONE 'UTC')::text, born::text,
-                active::text, big::text, ratio::text, doc::text, color, pic, name, note
-         FROM public.{table} ORDER BY id"
-    ))
-    .await;
+    assert_eq!(state(&r, "load_csv"), StepState::Success, "{r:?}");
+    let select = |t: &str| {
+        format!(
+            "SELECT id::text, amount::text, created::text, (seen AT TIME ZONE 'UTC')::text, born::text,
+                    active::text, big::text, ratio::text, doc::text, color, pic, name, note
+             FROM public.{t} ORDER BY id"
+        )
+    };
+    let got = rows(&select(&table)).await;
+    // The same values through csv.gz.
+    assert_eq!(got, rows(&select(&format!("{table}_csv"))).await);
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         got,
@@ -158,6 +159,12 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
         .expect("count")
         .get(0);
     assert_eq!(n, 2, "a rerun adds nothing");
+    let n: i64 = db
+        .query_one(&format!("SELECT count(*) FROM public.{table}_csv"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2, "a rerun of the csv load adds nothing");
     let tracked: i64 = db
         .query_one(
             "SELECT count(*) FROM cranium_loaded_objects WHERE target = $1",
@@ -170,9 +177,11 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     my.query_drop(format!("DROP TABLE {table}"))
         .await
         .expect("drop");
-    db.batch_execute(&format!("DROP TABLE public.{table}"))
-        .await
-        .expect("drop");
+    db.batch_execute(&format!(
+        "DROP TABLE public.{table}; DROP TABLE public.{table}_csv"
+    ))
+    .await
+    .expect("drop");
     let (s3c, bucket) = s3();
     s3c.delete_prefix(&bucket, &format!("{prefix}/"))
         .await

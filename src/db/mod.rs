@@ -23,6 +23,7 @@
 //! - **Results as JSON**: see [`DbClient::query`] for the type mapping.
 
 pub mod mysql;
+pub mod pg_binary;
 pub mod postgres;
 
 use std::time::Duration;

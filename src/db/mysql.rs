@@ -207,21 +207,21 @@ impl MyClient {
             .await
     }
 
-    /// Run a prepared `sql` and hand its rows to `each` one at a time, as JSON objects (the mapping of
-    /// [`super::DbClient::query`]), never holding the result set. The first error `each` returns
-    /// stops the reading (the rest of the result is discarded) and is returned as `DbError::Other`.
-    /// Returns the number of rows handed over.
-    pub async fn stream_rows<F>(
+    /// Run a prepared `sql` and send its rows on `tx` in batches of `batch` rows, never holding the
+    /// result set; the receiver (typically a thread that encodes and compresses) works while the next
+    /// rows arrive. Returns the number of rows sent and the values of `keys` in the last row (for
+    /// keyset pagination). A closed receiver stops the reading with `DbError::Other`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn stream_batches<T: From<RowBatch> + Send>(
         &mut self,
         sql: &str,
         params: &[J],
+        keys: &[String],
+        batch: usize,
+        tx: &tokio::sync::mpsc::Sender<T>,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
-        mut each: F,
-    ) -> Result<u64, DbError>
-    where
-        F: FnMut(Map<String, J>) -> Result<(), String> + Send,
-    {
+    ) -> Result<(u64, Option<Vec<J>>), DbError> {
         self.conn()?;
         let started = Instant::now();
         if let Some(why) = already_interrupted(deadline, cancel) {
@@ -231,23 +231,39 @@ impl MyClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(unusable(&self.target, "closed"));
         };
+        let batch = batch.max(1);
         let fut = async move {
             let mut result = conn.exec_iter(sql, params).await?;
-            let mut n = 0u64;
-            let mut failed = None;
+            let (mut n, mut last, mut closed) = (0u64, None, false);
+            let mut rows = Vec::with_capacity(batch);
             while let Some(row) = result.next().await? {
-                if let Err(e) = each(row_to_json(row)) {
-                    failed = Some(e);
-                    break;
+                rows.push(row);
+                if rows.len() == batch {
+                    let full = RowBatch {
+                        rows: std::mem::replace(&mut rows, Vec::with_capacity(batch)),
+                    };
+                    n += full.rows.len() as u64;
+                    last = full.last_values(keys);
+                    if tx.send(full.into()).await.is_err() {
+                        closed = true;
+                        break;
+                    }
                 }
-                n += 1;
+            }
+            if !closed && !rows.is_empty() {
+                let rest = RowBatch { rows };
+                n += rest.rows.len() as u64;
+                last = rest.last_values(keys);
+                closed = tx.send(rest.into()).await.is_err();
             }
             result.drop_result().await?;
-            Ok((n, failed))
+            Ok((n, last, closed))
         };
         match Self::guard(&self.opts, self.id, fut, deadline, cancel).await {
-            Guarded::Done(Ok((_, Some(e)))) => Err(DbError::Other(e)),
-            Guarded::Done(Ok((n, None))) => Ok(n),
+            Guarded::Done(Ok((_, _, true))) => Err(DbError::Other(
+                "the receiver of the rows stopped".to_string(),
+            )),
+            Guarded::Done(Ok((n, last, false))) => Ok((n, last)),
             Guarded::Done(Err(e)) => {
                 if matches!(e, mysql_async::Error::Io(_)) {
                     self.give_up("the connection was lost during a statement");
@@ -263,6 +279,35 @@ impl MyClient {
                 Err(why.error(started, deadline))
             }
         }
+    }
+
+    /// The columns of `table` (in `schema`, or the connection's database for null) that hold JSON:
+    /// type JSON, or (MariaDB, which stores JSON as LONGTEXT) checked with `json_valid`.
+    pub async fn json_columns(
+        &mut self,
+        schema: J,
+        table: &str,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .query(
+                "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                 AND (DATA_TYPE = 'json' OR COLUMN_NAME IN (\
+                   SELECT SUBSTRING_INDEX(SUBSTRING_INDEX(CHECK_CLAUSE, '`', 2), '`', -1) \
+                   FROM information_schema.CHECK_CONSTRAINTS \
+                   WHERE CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                   AND CHECK_CLAUSE LIKE 'json_valid(%'))",
+                &[schema.clone(), table.into(), schema, table.into()],
+                deadline,
+                cancel,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
+            .collect())
     }
 
     /// See [`super::DbClient::run_script`].
@@ -479,6 +524,167 @@ fn row_to_json(row: Row) -> Map<String, J> {
         map.insert(column.name_str().into_owned(), value_to_json(column, value));
     }
     map
+}
+
+/// Rows as they came off the wire, for callers that encode them without building JSON objects.
+pub struct RowBatch {
+    rows: Vec<Row>,
+}
+
+impl RowBatch {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The column names of the result.
+    pub fn column_names(&self) -> Vec<String> {
+        self.rows
+            .first()
+            .map(|r| {
+                r.columns_ref()
+                    .iter()
+                    .map(|c| c.name_str().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Row `i` as a JSON object (the mapping of [`super::DbClient::query`]).
+    pub fn row_json(&self, i: usize) -> Option<Map<String, J>> {
+        self.rows.get(i).map(|r| row_to_json(r.clone()))
+    }
+
+    /// The values of `names` in the last row.
+    fn last_values(&self, names: &[String]) -> Option<Vec<J>> {
+        let row = self.rows.last()?;
+        let columns = row.columns_ref();
+        Some(
+            names
+                .iter()
+                .map(
+                    |n| match columns.iter().position(|c| c.name_str() == n.as_str()) {
+                        Some(i) => value_to_json(
+                            &columns[i],
+                            row.as_ref(i).cloned().unwrap_or(Value::NULL),
+                        ),
+                        None => J::Null,
+                    },
+                )
+                .collect(),
+        )
+    }
+
+    /// Each row as one JSON line (no newline), the mapping of [`super::DbClient::query`], written
+    /// without an intermediate object; `json_columns` hold JSON text and are written as JSON.
+    pub fn json_lines<E>(
+        &self,
+        json_columns: &[String],
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(first) = self.rows.first() else {
+            return Ok(());
+        };
+        // `{"name":` and `,"name":` per column, escaped once.
+        let columns = first.columns_ref();
+        let heads: Vec<Vec<u8>> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut h = if i == 0 { b"{".to_vec() } else { b",".to_vec() };
+                h.extend_from_slice(J::String(c.name_str().into_owned()).to_string().as_bytes());
+                h.push(b':');
+                h
+            })
+            .collect();
+        let is_json: Vec<bool> = columns
+            .iter()
+            .map(|c| json_columns.iter().any(|j| c.name_str() == j.as_str()))
+            .collect();
+        let mut line = Vec::with_capacity(256);
+        for row in &self.rows {
+            line.clear();
+            for (i, column) in columns.iter().enumerate() {
+                line.extend_from_slice(&heads[i]);
+                let value = row.as_ref(i).unwrap_or(&Value::NULL);
+                write_json_value(column, value, is_json[i], &mut line);
+            }
+            if columns.is_empty() {
+                line.push(b'{');
+            }
+            line.push(b'}');
+            each(&line)?;
+        }
+        Ok(())
+    }
+
+    /// Each row's values in the JSON mapping, in column order.
+    pub fn values<E>(&self, mut each: impl FnMut(Vec<J>) -> Result<(), E>) -> Result<(), E> {
+        for row in &self.rows {
+            let columns = row.columns_ref();
+            let values = (0..columns.len())
+                .map(|i| value_to_json(&columns[i], row.as_ref(i).cloned().unwrap_or(Value::NULL)))
+                .collect();
+            each(values)?;
+        }
+        Ok(())
+    }
+}
+
+/// One value in the JSON mapping, written straight into `out`: the common types (integers, text,
+/// DATETIME) without an intermediate value, the rest through [`value_to_json`].
+fn write_json_value(column: &Column, value: &Value, is_json: bool, out: &mut Vec<u8>) {
+    use std::io::Write;
+    use ColumnType as T;
+    let ty = column.column_type();
+    let is_bool = ty == T::MYSQL_TYPE_TINY && column.column_length() == 1;
+    let plain_text = matches!(
+        ty,
+        T::MYSQL_TYPE_VARCHAR | T::MYSQL_TYPE_VAR_STRING | T::MYSQL_TYPE_STRING
+    ) && column.character_set() != BINARY_CHARSET;
+    match value {
+        Value::NULL => out.extend_from_slice(b"null"),
+        Value::Int(i) if !is_bool => {
+            let _ = write!(out, "{i}");
+        }
+        Value::UInt(u) if !is_bool => {
+            let _ = write!(out, "{u}");
+        }
+        Value::Bytes(b) if plain_text && !is_json => match std::str::from_utf8(b) {
+            Ok(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Err(_) => {
+                let _ = serde_json::to_writer(&mut *out, &value_to_json(column, value.clone()));
+            }
+        },
+        Value::Date(y, mo, d, h, mi, s, us)
+            if *y != 0
+                && *mo != 0
+                && *d != 0
+                && matches!(ty, T::MYSQL_TYPE_DATETIME | T::MYSQL_TYPE_DATETIME2) =>
+        {
+            let _ = write!(out, "\"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+            if *us > 0 {
+                let _ = write!(out, ".{us:06}");
+            }
+            out.push(b'"');
+        }
+        Value::Bytes(b) if is_json => match serde_json::from_slice::<J>(b) {
+            Ok(v) => {
+                let _ = serde_json::to_writer(&mut *out, &v);
+            }
+            Err(_) => {
+                let _ = serde_json::to_writer(&mut *out, &value_to_json(column, value.clone()));
+            }
+        },
+        other => {
+            let _ = serde_json::to_writer(&mut *out, &value_to_json(column, other.clone()));
+        }
+    }
 }
 
 fn value_to_json(column: &Column, value: Value) -> J {

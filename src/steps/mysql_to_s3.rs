@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput, TextOrigin};
 use crate::config::{ConnectionKind, OneOrMany};
-use crate::db::mysql::MyClient;
+use crate::db::mysql::{MyClient, RowBatch};
 use crate::db::DbKind;
 use crate::lake::{ObjectEntry, ObjectWriter};
 use crate::s3::S3Client;
@@ -124,121 +124,158 @@ fn csv_field(v: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
-/// The objects of one export, written one after the other.
-struct Parts<'a> {
-    s3: &'a S3Client,
-    bucket: &'a str,
-    prefix: &'a str,
-    name: &'a str,
+/// What the pager sends the encoder: rows, or the end of the export (without it, the open object is
+/// discarded: a failed export uploads no partial last part).
+enum Batch {
+    Rows(RowBatch),
+    End,
+}
+
+impl From<RowBatch> for Batch {
+    fn from(b: RowBatch) -> Batch {
+        Batch::Rows(b)
+    }
+}
+
+/// The encoder thread: turns rows into lines, compresses them into temporary files, and hands each
+/// finished object (with its part number) to the uploader.
+struct Encoder {
     format: ExportFormat,
-    tmp: &'a std::path::Path,
+    tmp: std::path::PathBuf,
+    json_columns: Vec<String>,
     open: Option<ObjectWriter>,
-    header: Option<Vec<u8>>,
-    written: Vec<ObjectEntry>,
+    header: bool,
+    part: usize,
     rows: u64,
 }
 
-impl Parts<'_> {
-    fn extension(&self) -> &'static str {
-        match self.format {
-            ExportFormat::JsonlGz => "jsonl.gz",
-            ExportFormat::CsvGz => "csv.gz",
+impl Encoder {
+    fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Batch>,
+        done: tokio::sync::mpsc::Sender<(usize, ObjectWriter)>,
+    ) -> Result<u64, String> {
+        let mut line = Vec::with_capacity(256);
+        let json_columns = std::mem::take(&mut self.json_columns);
+        while let Some(batch) = rx.blocking_recv() {
+            let batch = match batch {
+                Batch::Rows(b) => b,
+                Batch::End => {
+                    if let Some(w) = self.open.take() {
+                        self.hand_over(w, &done)?;
+                    }
+                    return Ok(self.rows);
+                }
+            };
+            match self.format {
+                ExportFormat::JsonlGz => {
+                    batch.json_lines(&json_columns, |l| self.add(&batch, l, &done))?
+                }
+                ExportFormat::CsvGz => batch.values(|values| {
+                    line.clear();
+                    for (i, v) in values.iter().enumerate() {
+                        if i > 0 {
+                            line.push(b',');
+                        }
+                        csv_field(v, &mut line);
+                    }
+                    self.add(&batch, &line, &done)
+                })?,
+            }
         }
+        Ok(self.rows) // the pager stopped without `End`: the open object is dropped
     }
 
-    fn key(&self, part: usize) -> String {
-        format!(
-            "{}/{}.{part:05}.{}",
-            self.prefix,
-            self.name,
-            self.extension()
-        )
-    }
-
-    /// Add one row (its JSON object); the finished object, when this row completed one.
+    /// Add one line; hands the object over when this line completed it.
     fn add(
         &mut self,
-        row: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<ObjectWriter>, String> {
+        batch: &RowBatch,
+        line: &[u8],
+        done: &tokio::sync::mpsc::Sender<(usize, ObjectWriter)>,
+    ) -> Result<(), String> {
         if self.open.is_none() {
-            let mut w = ObjectWriter::new(self.tmp, Format::JsonlGz, 6)
+            let mut w = ObjectWriter::new_threaded(&self.tmp, Format::JsonlGz, 6)
                 .map_err(|e| format!("creating a temporary file: {e}"))?;
             if self.format == ExportFormat::CsvGz {
                 let mut header = Vec::new();
-                for (i, k) in row.keys().enumerate() {
+                for (i, k) in batch.column_names().into_iter().enumerate() {
                     if i > 0 {
                         header.push(b',');
                     }
-                    csv_field(&serde_json::Value::String(k.clone()), &mut header);
+                    csv_field(&serde_json::Value::String(k), &mut header);
                 }
                 w.write_line(&header, -1, None)
                     .map_err(|e| format!("writing: {e}"))?;
-                self.header = Some(header);
+                self.header = true;
             }
             self.open = Some(w);
         }
-        let line = match self.format {
-            ExportFormat::JsonlGz => serde_json::to_vec(row).map_err(|e| e.to_string())?,
-            ExportFormat::CsvGz => {
-                let mut l = Vec::new();
-                for (i, v) in row.values().enumerate() {
-                    if i > 0 {
-                        l.push(b',');
-                    }
-                    csv_field(v, &mut l);
-                }
-                l
-            }
-        };
         let index = self.rows as i64;
         self.rows += 1;
         let Some(w) = self.open.as_mut() else {
             return Err("no open object".to_string());
         };
-        w.write_line(&line, index, None)
+        w.write_line(line, index, None)
             .map_err(|e| format!("writing: {e}"))?;
-        let rows = w.records - u64::from(self.header.is_some());
+        let rows = w.records - u64::from(self.header);
         if rows >= MAX_OBJECT_ROWS || w.bytes >= MAX_OBJECT_BYTES {
-            return Ok(self.open.take());
+            if let Some(w) = self.open.take() {
+                self.hand_over(w, done)?;
+            }
         }
-        Ok(None)
-    }
-
-    async fn upload(&mut self, w: ObjectWriter) -> Result<(), StepError> {
-        let key = self.key(self.written.len());
-        let header = u64::from(self.header.is_some());
-        let (records, bytes) = (w.records - header, w.bytes);
-        let first = if header == 1 {
-            w.first_offset + 1
-        } else {
-            w.first_offset
-        };
-        let last = w.last_offset;
-        let (file, stored) = w
-            .finish()
-            .map_err(|e| StepError::external(format!("finishing {key}: {e}")))?;
-        let content_type = match self.format {
-            ExportFormat::JsonlGz => "application/gzip",
-            ExportFormat::CsvGz => "application/gzip",
-        };
-        self.s3
-            .put_file(self.bucket, &key, &file, content_type)
-            .await
-            .map_err(StepError::from_s3)?;
-        self.written.push(ObjectEntry {
-            key,
-            records,
-            bytes,
-            stored_bytes: stored,
-            topic: self.name.to_string(),
-            partition: 0,
-            first_offset: first,
-            last_offset: last,
-            min_time: None,
-            max_time: None,
-        });
         Ok(())
     }
+
+    fn hand_over(
+        &mut self,
+        w: ObjectWriter,
+        done: &tokio::sync::mpsc::Sender<(usize, ObjectWriter)>,
+    ) -> Result<(), String> {
+        let part = self.part;
+        self.part += 1;
+        done.blocking_send((part, w))
+            .map_err(|_| "the upload stopped".to_string())
+    }
+}
+
+fn extension(format: ExportFormat) -> &'static str {
+    match format {
+        ExportFormat::JsonlGz => "jsonl.gz",
+        ExportFormat::CsvGz => "csv.gz",
+    }
+}
+
+/// Upload one finished object as part `part`; its manifest entry.
+async fn upload(
+    s3: &S3Client,
+    bucket: &str,
+    key: String,
+    name: &str,
+    header: bool,
+    w: ObjectWriter,
+) -> Result<ObjectEntry, StepError> {
+    let header = u64::from(header);
+    let (records, bytes) = (w.records - header, w.bytes);
+    let first = w.first_offset + header as i64;
+    let last = w.last_offset;
+    let (file, stored) = w
+        .finish()
+        .map_err(|e| StepError::external(format!("finishing {key}: {e}")))?;
+    s3.put_file(bucket, &key, &file, "application/gzip")
+        .await
+        .map_err(StepError::from_s3)?;
+    Ok(ObjectEntry {
+        key,
+        records,
+        bytes,
+        stored_bytes: stored,
+        topic: name.to_string(),
+        partition: 0,
+        first_offset: first,
+        last_offset: last,
+        min_time: None,
+        max_time: None,
+    })
 }
 
 impl MysqlToS3Step {
@@ -315,24 +352,9 @@ impl MysqlToS3Step {
                     Some((s, t)) => (serde_json::Value::from(s), t),
                     None => (serde_json::Value::Null, t.as_str()),
                 };
-                let rows = db
-                    .query(
-                        "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS \
-                         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-                         AND (DATA_TYPE = 'json' OR COLUMN_NAME IN (\
-                           SELECT SUBSTRING_INDEX(SUBSTRING_INDEX(CHECK_CLAUSE, '`', 2), '`', -1) \
-                           FROM information_schema.CHECK_CONSTRAINTS \
-                           WHERE CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-                           AND CHECK_CLAUSE LIKE 'json_valid(%'))",
-                        &[schema.clone(), table.into(), schema, table.into()],
-                        deadline,
-                        cancel,
-                    )
+                db.json_columns(schema, table, deadline, cancel)
                     .await
-                    .map_err(db_error)?;
-                rows.iter()
-                    .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
-                    .collect()
+                    .map_err(db_error)?
             }
             None => Vec::new(),
         };
@@ -370,80 +392,82 @@ impl MysqlToS3Step {
         let tmp = tempfile::tempdir().map_err(|e| {
             StepError::external(format!("cannot create a temporary directory: {e}"))
         })?;
-        let mut parts = Parts {
-            s3: &s3,
-            bucket: &bucket,
-            prefix: &prefix,
-            name: &name,
+        // Three stages at once: the pager reads pages of rows (this task), the encoder thread turns
+        // them into compressed lines, the uploader sends each finished object.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(8);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(usize, ObjectWriter)>(2);
+        let encoder = Encoder {
             format: self.format,
-            tmp: tmp.path(),
+            tmp: tmp.path().to_path_buf(),
+            json_columns,
             open: None,
-            header: None,
-            written: Vec::new(),
+            header: false,
+            part: 0,
             rows: 0,
         };
-        let mut last: Option<Vec<serde_json::Value>> = None;
-        loop {
-            let mut conds = filter.clone();
-            let mut params = filter_params.clone();
-            if let Some(last) = &last {
-                let cols = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
-                let marks = vec!["?"; keys.len()].join(", ");
-                conds.push(format!("({cols}) > ({marks})"));
-                params.extend(last.iter().cloned());
+        let encoding = tokio::task::spawn_blocking(move || encoder.run(rx, done_tx));
+        let ext = extension(self.format);
+        let csv = self.format == ExportFormat::CsvGz;
+        let uploader = async {
+            let mut written = Vec::new();
+            while let Some((part, w)) = done_rx.recv().await {
+                let key = format!("{prefix}/{name}.{part:05}.{ext}");
+                written.push(upload(&s3, &bucket, key, &name, csv, w).await?);
             }
-            let sql = format!(
-                "SELECT * FROM {source}{} ORDER BY {order} LIMIT {chunk}",
-                if conds.is_empty() {
-                    String::new()
-                } else {
-                    format!(" WHERE {}", conds.join(" AND "))
+            Ok::<_, StepError>(written)
+        };
+        let db = &mut db;
+        let pager = async move {
+            let mut last: Option<Vec<serde_json::Value>> = None;
+            loop {
+                let mut conds = filter.clone();
+                let mut params = filter_params.clone();
+                if let Some(last) = &last {
+                    let cols = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+                    let marks = vec!["?"; keys.len()].join(", ");
+                    conds.push(format!("({cols}) > ({marks})"));
+                    params.extend(last.iter().cloned());
                 }
-            );
-            let mut finished: Vec<ObjectWriter> = Vec::new();
-            let mut page_last = None;
-            let n = db
-                .stream_rows(&sql, &params, deadline, cancel, |mut row| {
-                    for c in &json_columns {
-                        if let Some(v) = row.get_mut(c) {
-                            if let Some(parsed) =
-                                v.as_str().and_then(|s| serde_json::from_str(s).ok())
-                            {
-                                *v = parsed;
-                            }
-                        }
+                let sql = format!(
+                    "SELECT * FROM {source}{} ORDER BY {order} LIMIT {chunk}",
+                    if conds.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" WHERE {}", conds.join(" AND "))
                     }
-                    let key: Vec<serde_json::Value> = keys
-                        .iter()
-                        .map(|k| row.get(k).cloned().unwrap_or(serde_json::Value::Null))
-                        .collect();
-                    if let Some(done) = parts.add(&row)? {
-                        finished.push(done);
-                    }
-                    page_last = Some(key);
-                    Ok(())
-                })
+                );
+                let (n, page_last) = db
+                    .stream_batches(&sql, &params, &keys, 1024, &tx, deadline, cancel)
+                    .await
+                    .map_err(db_error)?;
+                if n < chunk {
+                    break;
+                }
+                last = page_last;
+            }
+            db.statement("COMMIT", deadline, cancel)
                 .await
                 .map_err(db_error)?;
-            for w in finished {
-                parts.upload(w).await?;
-            }
-            if n < chunk {
-                break;
-            }
-            last = page_last;
-        }
-        db.statement("COMMIT", deadline, cancel)
+            tx.send(Batch::End)
+                .await
+                .map_err(|_| StepError::external("the encoder stopped"))?;
+            Ok::<_, StepError>(())
+        };
+        let (paged, uploaded) = tokio::join!(pager, uploader);
+        let encoded = encoding
             .await
-            .map_err(db_error)?;
-        if let Some(w) = parts.open.take() {
-            parts.upload(w).await?;
-        }
+            .map_err(|e| StepError::new(ErrorClass::Internal, format!("encoder: {e}")))?;
+        // The first cause: a failed upload or encoder stops the pager, not the other way round.
+        let written = uploaded?;
+        let rows = encoded.map_err(StepError::external)?;
+        paged?;
+        let mut written = written;
+        written.sort_by(|a, b| a.key.cmp(&b.key));
 
         // Parts of an earlier, larger export under this prefix would be read as part of this one.
         let stem = format!("{prefix}/{name}.");
         let keep: std::collections::HashSet<String> =
-            parts.written.iter().map(|o| o.key.clone()).collect();
+            written.iter().map(|o| o.key.clone()).collect();
         for o in s3.list(&bucket, &stem).await.map_err(StepError::from_s3)? {
             let rest = &o.key[stem.len()..];
             let is_part = rest.len() > 6
@@ -462,15 +486,15 @@ impl MysqlToS3Step {
             group: String::new(),
             interval_start: cx.interval.start.to_rfc3339(),
             interval_end: cx.interval.end.to_rfc3339(),
-            format: parts.extension().to_string(),
+            format: ext.to_string(),
             offsets: Default::default(),
-            records: parts.rows,
+            records: rows,
             dead_letter_records: 0,
-            bytes: parts.written.iter().map(|o| o.bytes).sum(),
-            stored_bytes: parts.written.iter().map(|o| o.stored_bytes).sum(),
+            bytes: written.iter().map(|o| o.bytes).sum(),
+            stored_bytes: written.iter().map(|o| o.stored_bytes).sum(),
             min_time: None,
             max_time: None,
-            objects: parts.written.clone(),
+            objects: written.clone(),
             dead_letters: Vec::new(),
         };
         let manifest_key = format!("{prefix}/_manifest.json");

@@ -17,10 +17,14 @@ use std::collections::HashSet;
 
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput};
 use crate::config::{ConnectionKind, OneOrMany};
+use crate::db::pg_binary::{self, BinType};
 use crate::db::postgres::PgClient;
 use crate::db::DbKind;
 use crate::steps::kafka_to_s3::Format;
@@ -194,6 +198,8 @@ struct Mapped {
     column: String,
     path: Vec<String>,
     cast: Option<String>,
+    /// The column's type, when binary COPY can write it.
+    bin: Option<BinType>,
 }
 
 fn pg_error(e: crate::db::DbError) -> StepError {
@@ -209,16 +215,24 @@ impl S3ToRedshiftStep {
         } else {
             LoadDialect::Postgres
         });
+        // csv.gz objects (as `mysql_to_s3` writes them: a header, NULL as an empty unquoted field)
+        // are gzip like jsonl.gz; their rows go to the server as they are.
+        let csv = self.format == LoadFormat::CsvGz;
         let format = match self.format {
-            LoadFormat::JsonlGz => Format::JsonlGz,
+            LoadFormat::JsonlGz | LoadFormat::CsvGz => Format::JsonlGz,
             LoadFormat::JsonlZst => Format::JsonlZst,
             LoadFormat::Jsonl => Format::Jsonl,
-            LoadFormat::CsvGz => {
-                return Err(StepError::config(
-                    "loading csv.gz is not implemented yet; load jsonl.gz (mysql_to_s3 and kafka_to_s3 write it by default)",
-                ))
-            }
         };
+        if csv && !self.columns.is_empty() {
+            return Err(StepError::config(
+                "`columns` maps JSON paths; a csv.gz load takes the columns its objects' headers name",
+            ));
+        }
+        if csv && self.max_errors > 0 {
+            return Err(StepError::config(
+                "a csv.gz load cannot skip bad lines (PostgreSQL's COPY stops at the first); set max_errors: 0 or load jsonl.gz",
+            ));
+        }
         let (s3, bucket) = cx.s3(&self.s3, self.bucket.as_deref())?;
         let (deadline, cancel) = (cx.deadline, &cx.cancel);
 
@@ -262,7 +276,12 @@ impl S3ToRedshiftStep {
                 let hidden = o.key[prefix.len()..]
                     .split('/')
                     .any(|seg| seg.starts_with('_'));
-                if !hidden && Format::of_key(&o.key) == Some(format) {
+                let wanted = if csv {
+                    o.key.ends_with(".csv.gz")
+                } else {
+                    Format::of_key(&o.key) == Some(format)
+                };
+                if !hidden && wanted {
                     objects.push(o.key);
                 }
             }
@@ -278,6 +297,11 @@ impl S3ToRedshiftStep {
             )
         })?;
         if dialect == LoadDialect::Redshift {
+            if csv {
+                return Err(StepError::config(
+                    "the redshift dialect loads JSON lines; export jsonl.gz for a Redshift target",
+                ));
+            }
             return self
                 .load_redshift(cx, &s3, &bucket, format, &objects, &mut db)
                 .await;
@@ -290,7 +314,7 @@ impl S3ToRedshiftStep {
         };
         let cols = db
             .query(
-                "SELECT column_name::text AS c FROM information_schema.columns \
+                "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns \
                  WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
                 &[schema.clone().into(), table.clone().into()],
                 deadline,
@@ -302,6 +326,12 @@ impl S3ToRedshiftStep {
             .iter()
             .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
             .collect();
+        let bin_type = |c: &str| {
+            cols.iter()
+                .find(|r| r.get("c").and_then(|v| v.as_str()) == Some(c))
+                .and_then(|r| r.get("t").and_then(|v| v.as_str()))
+                .and_then(BinType::of)
+        };
         if existing.is_empty() {
             return Err(StepError::config(format!(
                 "target table {} does not exist on connection '{}'; create it first",
@@ -315,6 +345,7 @@ impl S3ToRedshiftStep {
                     column: c.clone(),
                     path: vec![c.clone()],
                     cast: None,
+                    bin: bin_type(c),
                 });
             }
         } else {
@@ -331,13 +362,20 @@ impl S3ToRedshiftStep {
                     ColumnSource::Spec(s) => (s.path.clone(), s.cast.clone()),
                 };
                 let path = super::kafka_to_s3::parse_json_path(&path).map_err(StepError::config)?;
+                let bin = match cast.as_deref() {
+                    None | Some("epochsecs" | "epochmillisecs") => bin_type(c),
+                    Some(_) => None,
+                };
                 mapped.push(Mapped {
                     column: c.clone(),
                     path,
                     cast,
+                    bin,
                 });
             }
         }
+        // Binary COPY when every column's type allows it: the server parses nothing.
+        let binary = !csv && mapped.iter().all(|m| m.bin.is_some());
         let mapped = std::sync::Arc::new(mapped);
         let col_list = mapped
             .iter()
@@ -383,6 +421,10 @@ impl S3ToRedshiftStep {
             .collect();
 
         let load_id = format!("{}.{}", cx.name(), cx.run_id);
+        // Times without an offset are UTC in both COPY formats, whatever the server's zone.
+        db.statement("SET TimeZone = 'UTC'", false, deadline, cancel)
+            .await
+            .map_err(pg_error)?;
         db.statement("BEGIN", false, deadline, cancel)
             .await
             .map_err(pg_error)?;
@@ -421,40 +463,68 @@ impl S3ToRedshiftStep {
             }
             LoadMode::Append => target.clone(),
         };
-        let (mut rows, mut loaded, mut skipped, mut bad) = (0u64, 0u64, 0u64, 0u64);
-        // Which objects to load (their ETags, a few HEADs at a time), then their downloads running
-        // ahead of the COPYs, a few at a time.
-        use futures::StreamExt;
+        let (mut rows, mut loaded, mut skipped) = (0u64, 0u64, 0u64);
+        // Which objects to load (their ETags, a few HEADs at a time).
         let reload = self.mode == LoadMode::ReplaceInterval;
         let (todo, n_skipped) = objects_to_load(&s3, &bucket, &objects, &done, reload).await?;
         skipped += n_skipped;
-        let mut downloads = futures::stream::iter(todo)
-            .map(|(key, etag, _)| {
-                let (s3, bucket) = (&s3, &bucket);
-                async move {
-                    let data = s3.get(bucket, &key).await;
-                    (key, etag, data)
-                }
-            })
-            .buffered(4);
-        while let Some((key, etag, data)) = downloads.next().await {
+        // A feeder task downloads each object and starts its decoder (a blocking thread that turns
+        // lines into COPY rows) while the previous object's COPY runs, so the server never waits
+        // for a download or for the first rows of the next object.
+        let bad_lines = Arc::new(AtomicU64::new(0));
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Prepared>(1);
+        let feeder = AbortOnDrop(tokio::spawn(feed(
+            s3.clone(),
+            bucket.clone(),
+            todo,
+            format,
+            csv,
+            binary,
+            mapped.clone(),
+            self.max_errors,
+            bad_lines.clone(),
+            ready_tx,
+        )));
+        while let Some(Prepared {
+            key,
+            etag,
+            rx,
+            header,
+            decoder,
+        }) = ready_rx.recv().await
+        {
             let key = &key;
-            let data = data.map_err(StepError::from_s3)?;
-            // Decoding runs on a blocking thread and streams its rows into the COPY as it goes, so
-            // the server parses while the next rows are built.
-            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-            let (mapped2, allowed) = (mapped.clone(), self.max_errors - bad);
-            let builder = tokio::task::spawn_blocking(move || {
-                copy_rows(format, &data, &mapped2, allowed, &tx)
-            });
-            let copied = db
-                .copy_in(
-                    &format!("COPY {dest} ({col_list}) FROM STDIN"),
-                    rx,
-                    deadline,
-                    cancel,
-                )
-                .await;
+            let (rx, builder) = match (rx, decoder) {
+                (Ok(rx), Some(d)) => (rx, d),
+                (Err(e), _) => return Err(StepError::from_s3(e)),
+                (Ok(_), None) => {
+                    return Err(StepError::new(ErrorClass::Internal, "decoder missing"))
+                }
+            };
+            let statement = match &header {
+                None if binary => {
+                    format!("COPY {dest} ({col_list}) FROM STDIN WITH (FORMAT binary)")
+                }
+                None => format!("COPY {dest} ({col_list}) FROM STDIN"),
+                Some(names) => {
+                    if let Some(c) = names.iter().find(|c| !existing.contains(c)) {
+                        return Err(StepError::new(
+                            ErrorClass::Data,
+                            format!(
+                                "s3://{bucket}/{key}: column '{c}' of its header is not a column of {} (it has {})",
+                                self.target,
+                                existing.join(", ")
+                            ),
+                        ));
+                    }
+                    let list = names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>();
+                    format!(
+                        "COPY {dest} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)",
+                        list.join(", ")
+                    )
+                }
+            };
+            let copied = db.copy_in(&statement, rx, deadline, cancel).await;
             let built = builder
                 .await
                 .map_err(|e| StepError::new(ErrorClass::Internal, format!("decoder: {e}")))?;
@@ -477,10 +547,7 @@ impl S3ToRedshiftStep {
                         format!("s3://{bucket}/{key}: {e} (the load was rolled back)"),
                     ))
                 }
-                (Ok(b), Ok(n)) => {
-                    bad += b;
-                    n
-                }
+                (Ok(_), Ok(n)) => n,
             };
             db.execute(
                 "INSERT INTO cranium_loaded_objects (target, object_key, etag, rows, load_id, loaded_at) \
@@ -501,6 +568,8 @@ impl S3ToRedshiftStep {
             rows += n;
             loaded += 1;
         }
+        drop(feeder);
+        let bad = bad_lines.load(Ordering::Relaxed);
         if self.mode == LoadMode::Merge {
             let Some(keys) = &self.key else {
                 return Err(StepError::config("mode 'merge' needs `key`"));
@@ -732,43 +801,201 @@ impl S3ToRedshiftStep {
     }
 }
 
-/// Turn an object's JSON lines into COPY text rows, sent on `tx` in chunks of about 1 MiB. Returns the
-/// number of lines skipped as bad (at most `allowed`), or, past that, the error (` line N: reason`).
+/// An object downloaded, with its decoder started: COPY rows arrive on `rx`.
+struct Prepared {
+    key: String,
+    etag: String,
+    rx: Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, crate::s3::S3Error>,
+    /// A csv object's header (its column names).
+    header: Option<Vec<String>>,
+    decoder: Option<tokio::task::JoinHandle<Result<u64, String>>>,
+}
+
+/// Aborts the task when the load stops early.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Download the objects one after the other and start each one's decoder; hand them over in order.
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    s3: crate::s3::S3Client,
+    bucket: String,
+    todo: Vec<(String, String, u64)>,
+    format: Format,
+    csv: bool,
+    binary: bool,
+    mapped: Arc<Vec<Mapped>>,
+    max_errors: u64,
+    bad: Arc<AtomicU64>,
+    ready: tokio::sync::mpsc::Sender<Prepared>,
+) {
+    for (key, etag, _) in todo {
+        let prepared = match s3.get(&bucket, &key).await {
+            Err(e) => Prepared {
+                key,
+                etag,
+                rx: Err(e),
+                header: None,
+                decoder: None,
+            },
+            Ok(data) => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+                let (mapped, bad) = (mapped.clone(), bad.clone());
+                let header = if csv {
+                    Some(csv_header(format, &data))
+                } else {
+                    None
+                };
+                let decoder = tokio::task::spawn_blocking(move || {
+                    if csv {
+                        copy_raw(format, &data, &tx)
+                    } else {
+                        copy_rows(format, binary, &data, &mapped, max_errors, &bad, &tx)
+                    }
+                });
+                Prepared {
+                    key,
+                    etag,
+                    rx: Ok(rx),
+                    header,
+                    decoder: Some(decoder),
+                }
+            }
+        };
+        let failed = prepared.rx.is_err();
+        if ready.send(prepared).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The column names in a csv object's header line (quoted or bare, comma-separated).
+fn csv_header(format: Format, data: &[u8]) -> Vec<String> {
+    use std::io::BufRead;
+    let mut line = Vec::new();
+    if let Ok(mut r) = crate::lake::reader(format, data) {
+        let _ = r.read_until(b'\n', &mut line);
+    }
+    let text = String::from_utf8_lossy(&line);
+    let (mut names, mut cur, mut quoted, mut chars) = (
+        Vec::new(),
+        String::new(),
+        false,
+        text.trim_end_matches(['\r', '\n']).chars().peekable(),
+    );
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => names.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    names.push(cur);
+    names
+}
+
+/// Send an object's decompressed bytes as they are (a csv object: the server parses it).
+fn copy_raw(
+    format: Format,
+    data: &[u8],
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<u64, String> {
+    use std::io::Read;
+    const CHUNK: usize = 1 << 20;
+    let mut reader = crate::lake::reader(format, data).map_err(|e| format!(": {e}"))?;
+    let mut rows = 0u64;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let n = reader.read(&mut buf).map_err(|e| format!(": {e}"))?;
+        if n == 0 {
+            return Ok(rows);
+        }
+        buf.truncate(n);
+        rows += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        if tx.blocking_send(bytes::Bytes::from(buf)).is_err() {
+            return Ok(rows);
+        }
+    }
+}
+
+/// Turn an object's JSON lines into COPY text rows, sent on `tx` in chunks of about 1 MiB, reading
+/// the object as it decompresses. Bad lines are counted in `bad` (over all objects of the load); past
+/// `allowed` the error (` line N: reason`). Returns the rows sent.
 fn copy_rows(
     format: Format,
+    binary: bool,
     data: &[u8],
     mapped: &[Mapped],
     allowed: u64,
+    bad: &AtomicU64,
     tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<u64, String> {
+    use std::io::BufRead;
     const CHUNK: usize = 1 << 20;
-    let raw = lake_decode(format, data).map_err(|e| format!(": {e}"))?;
+    let mut reader = crate::lake::reader(format, data).map_err(|e| format!(": {e}"))?;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
-    let mut bad = 0u64;
-    for (n, line) in raw.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
+    if binary {
+        buf.extend_from_slice(pg_binary::HEADER);
+    }
+    let mut line = Vec::with_capacity(1024);
+    let (mut n, mut rows) = (0u64, 0u64);
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!(" line {}: {e}", n + 1))?
+            == 0
+        {
+            break;
+        }
+        n += 1;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
             continue;
         }
         let start = buf.len();
-        let row = serde_json::from_slice::<serde_json::Value>(line)
+        let row = serde_json::from_slice::<serde_json::Value>(text)
             .map_err(|e| format!("not valid JSON: {e}"))
             .and_then(|v| {
-                for (i, m) in mapped.iter().enumerate() {
-                    if i > 0 {
-                        buf.push(b'\t');
-                    }
-                    let val = at_path(&v, &m.path).unwrap_or(&serde_json::Value::Null);
-                    copy_text(val, m.cast.as_deref(), &mut buf)
-                        .map_err(|e| format!("column {}: {e}", m.column))?;
+                if binary {
+                    pg_binary::row_start(mapped.len() as u16, &mut buf);
                 }
-                buf.push(b'\n');
+                for (i, m) in mapped.iter().enumerate() {
+                    let val = at_path(&v, &m.path).unwrap_or(&serde_json::Value::Null);
+                    match m.bin {
+                        Some(ty) if binary => {
+                            pg_binary::write_value(ty, val, m.cast.as_deref(), &mut buf)
+                        }
+                        _ => {
+                            if i > 0 {
+                                buf.push(b'\t');
+                            }
+                            copy_text(val, m.cast.as_deref(), &mut buf)
+                        }
+                    }
+                    .map_err(|e| format!("column {}: {e}", m.column))?;
+                }
+                if !binary {
+                    buf.push(b'\n');
+                }
                 Ok(())
             });
-        if let Err(e) = row {
-            buf.truncate(start);
-            bad += 1;
-            if bad > allowed {
-                return Err(format!(" line {}: {e}", n + 1));
+        match row {
+            Ok(()) => rows += 1,
+            Err(e) => {
+                buf.truncate(start);
+                if bad.fetch_add(1, Ordering::Relaxed) + 1 > allowed {
+                    return Err(format!(" line {n}: {e}"));
+                }
             }
         }
         if buf.len() >= CHUNK {
@@ -777,14 +1004,17 @@ fn copy_rows(
                 Vec::with_capacity(CHUNK + 4096),
             ));
             if tx.blocking_send(chunk).is_err() {
-                return Ok(bad); // the COPY stopped; its error is the one to report
+                return Ok(rows); // the COPY stopped; its error is the one to report
             }
         }
+    }
+    if binary {
+        buf.extend_from_slice(pg_binary::TRAILER);
     }
     if !buf.is_empty() {
         let _ = tx.blocking_send(bytes::Bytes::from(buf));
     }
-    Ok(bad)
+    Ok(rows)
 }
 
 /// The objects still to load, with their ETags and sizes (HEADs 8 at a time), and how many were
@@ -820,10 +1050,6 @@ async fn objects_to_load(
         todo.push((key, info.etag, info.size));
     }
     Ok((todo, skipped))
-}
-
-fn lake_decode(format: Format, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    crate::lake::decode(format, data)
 }
 
 impl Step for S3ToRedshiftStep {
@@ -950,5 +1176,65 @@ impl Step for S3ToRedshiftStep {
                 cx.warning(&f, "redshift-json-auto", format!("step '{}': without `columns`, Redshift matches JSON keys to columns with JSON 'auto ignorecase'", cx.step));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gz(text: &str) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text.as_bytes()).expect("gz");
+        e.finish().expect("gz")
+    }
+
+    #[test]
+    fn a_csv_header_names_its_columns_quoted_or_bare() {
+        let data = gz("\"id\",\"a \"\"b\"\"\",c,\"d,e\"\r\n1,2,3,4\n");
+        assert_eq!(
+            csv_header(Format::JsonlGz, &data),
+            vec!["id", "a \"b\"", "c", "d,e"]
+        );
+    }
+
+    #[test]
+    fn copy_text_escapes_and_casts() {
+        let mut out = Vec::new();
+        copy_text(&serde_json::json!("a\tb\\c\nd"), None, &mut out).expect("text");
+        assert_eq!(out, b"a\\tb\\\\c\\nd");
+        out.clear();
+        copy_text(&serde_json::Value::Null, None, &mut out).expect("null");
+        assert_eq!(out, b"\\N");
+        out.clear();
+        copy_text(
+            &serde_json::json!(1_700_000_000),
+            Some("epochsecs"),
+            &mut out,
+        )
+        .expect("secs");
+        assert_eq!(out, b"2023-11-14T22:13:20+00:00");
+    }
+
+    #[test]
+    fn bad_lines_count_across_objects_and_stop_past_the_allowance() {
+        let mapped = vec![Mapped {
+            column: "id".into(),
+            path: vec!["id".into()],
+            cast: None,
+            bin: None,
+        }];
+        let data = gz("{\"id\":1}\nnot json\n{\"id\":2}\n");
+        let bad = AtomicU64::new(0);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        assert_eq!(
+            copy_rows(Format::JsonlGz, false, &data, &mapped, 1, &bad, &tx),
+            Ok(2)
+        );
+        assert_eq!(rx.try_recv().ok().as_deref(), Some(&b"1\n2\n"[..]));
+        // A second object with one more bad line: over the allowance of 1 for the whole load.
+        let err = copy_rows(Format::JsonlGz, false, &data, &mapped, 1, &bad, &tx).unwrap_err();
+        assert!(err.starts_with(" line 2: not valid JSON"), "{err}");
     }
 }

@@ -234,3 +234,15 @@ pub async fn pg() -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// A MariaDB connection with the session the tests assume (utf8mb4, UTC, no SQL mode).
+pub async fn mysql() -> mysql_async::Conn {
+    use mysql_async::prelude::Queryable;
+    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(MY).expect("url"))
+        .await
+        .expect("connect to MariaDB");
+    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00', sql_mode = ''")
+        .await
+        .expect("session");
+    c
+}
