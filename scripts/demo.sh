@@ -6,12 +6,14 @@
 #   3. events       start tansu (Kafka) and garage (S3) with scripts/services.sh (installed on first use),
 #                   produce DAY's app events and partner API requests (with late and malformed records),
 #                   run events_hourly for DAY's 24 hours: hourly folders in S3, dead letters, manifests
-#   4. production   seed the product database (users, channels, recipes) in MariaDB `test`, and run
-#                   product_daily's MySQL → S3 exports (mysql_to_s3) for DAY
-#   5. warehouse    create the warehouse tables in PostgreSQL `test` (schema analytics) and copy the product
-#                   tables from MariaDB (a stand-in for product_daily's loads)
+#   4. production   seed the product database (users, channels, recipes) in MariaDB `test`
+#   5. warehouse    create the warehouse tables in PostgreSQL `test` (schema analytics), and run
+#                   product_daily for DAY: MySQL → S3 exports (mysql_to_s3), S3 → warehouse merges
+#                   (s3_to_redshift)
 #   6. run          cranium clear + run of events_daily for DAY: its loads from S3, the Lua check, the rollups
 #   7. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
+#   8. verify       a row changed in production after the export; verify_daily catches it (summary,
+#                   differing row, the alert); the next export and load; verify_daily passes
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
 # password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
@@ -139,34 +141,23 @@ mysql_ -t -e "
   WHERE LENGTH(u.display_name) - CHAR_LENGTH(u.display_name) >= 3   -- 4-byte characters: emoji
     AND LENGTH(r.name) - CHAR_LENGTH(r.name) > 2 ORDER BY r.id LIMIT 3;" \
   || die "cannot query the seeded product database"
-echo
-echo "\$ cranium run product_daily --at $DAY --steps 'export_*'   (the MySQL → S3 exports; the loads come next)"
-"$bin" clear product_daily --from "$DAY" --to "$NEXT" --steps 'export_*' >/dev/null
-"$bin" run product_daily --at "$DAY" --steps 'export_*'
-for step in export_users export_channels export_recipes; do
-  "$bin" logs product_daily "$DAY" "$step" | grep -E "exported" | sed 's/^[^ ]* [A-Z]* *//' | cut -c1-200
-done
 
-section "5. warehouse: analytics.* in PostgreSQL (product tables copied from MariaDB: a stand-in for product_daily's loads)"
+section "5. warehouse: analytics.* in PostgreSQL; product_daily: MySQL → S3 → warehouse"
 python3 scripts/demo/generate.py warehouse-ddl | psql_
-# product_daily's loads need a first full export of recipes (they are exported incrementally): a
-# stand-in copies the three tables from MariaDB as they are (mariadb -B escapes like COPY text).
-for spec in \
-  "channels:id, slug, name, category, created_at, updated_at" \
-  "users:id, username, email, display_name, country, plan, created_at, updated_at" \
-  "recipes:id, user_id, name, trigger_channel_id, trigger_slug, action_channel_id, action_slug, enabled, success_rate, created_at, updated_at"
-do
-  table=${spec%%:*} cols=${spec#*:}
-  mysql_ -B -N -e "SELECT $cols FROM $table ORDER BY id" \
-    | psql_ -c "\\copy analytics.$table ($cols) FROM pstdin WITH (NULL 'NULL')"
+"$bin" clear product_daily --from "$DAY" --to "$NEXT" >/dev/null
+"$bin" clear verify_daily --from "$DAY" --to "$NEXT" >/dev/null
+echo "\$ cranium run product_daily --at $DAY"
+"$bin" run product_daily --at "$DAY"
+for step in export_users export_channels export_recipes load_users load_channels load_recipes; do
+  "$bin" logs product_daily "$DAY" "$step" | grep -E "exported|loaded" | sed 's/^[^ ]* [A-Z]* *//' | cut -c1-200
 done
 
 section "6. run: events_daily for $DAY: the loads from S3 (events_hourly's files), then the rollups"
 echo "\$ cranium clear events_daily --from $DAY --to $NEXT"
 "$bin" clear events_daily --from "$DAY" --to "$NEXT"
 echo
-echo "\$ cranium run events_daily --at $DAY --ignore-upstream   (product_daily's loads, which the rollups also wait for, are the stand-in above)"
-"$bin" run events_daily --at "$DAY" --ignore-upstream
+echo "\$ cranium run events_daily --at $DAY"
+"$bin" run events_daily --at "$DAY"
 psql_ -P footer=off -c "
   SELECT (SELECT COUNT(*) FROM analytics.users) AS users, (SELECT COUNT(*) FROM analytics.channels) AS channels,
          (SELECT COUNT(*) FROM analytics.recipes) AS recipes, (SELECT COUNT(*) FROM analytics.app_events) AS app_events,
@@ -217,5 +208,46 @@ FROM analytics.channel_alarms
 WHERE hour >= '$DAY' AND hour < '$NEXT'
 ORDER BY hour, channel;
 SQL
+
+section "8. verify: production MySQL against the warehouse (verify_daily)"
+# Production changes after the export without touching updated_at (a job that bypasses the
+# application, say): the warehouse copy is now wrong, and only a comparison can tell.
+user_id=$(mysql_ -B -N -e "SELECT id FROM users ORDER BY id LIMIT 1 OFFSET 41")
+echo "-- in production: UPDATE users SET plan = 'enterprise' WHERE id = $user_id (updated_at unchanged)"
+mysql_ -e "UPDATE users SET plan = 'enterprise', updated_at = updated_at WHERE id = $user_id"
+echo "\$ cranium run verify_daily --at $DAY"
+if "$bin" run verify_daily --at "$DAY"; then
+  die "verify_daily passed although production and the warehouse differ"
+fi
+echo
+echo "\$ cranium logs verify_daily $DAY verify_users"
+"$bin" logs verify_daily "$DAY" verify_users | grep -E "ERROR mismatch|^ *key" | sed 's/^[^ ]* //' | head -4
+echo
+echo "-- the full report (reports/verify_users/$DAY.json):"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in ("equal","source_rows","target_rows","differing","missing_in_target","only_in_target","seconds","source_bytes","target_bytes")}, indent=1, ensure_ascii=False))' "reports/verify_users/$DAY.json"
+echo
+echo "-- the alert (the engine's alert delivery comes with its own issue; the demo hands the failure to the"
+echo "   project's alert command, scripts/alert.sh, itself):"
+python3 - "$DAY" <<'PY2' | scripts/alert.sh data-oncall
+import json, sqlite3, sys
+db = sqlite3.connect(".cranium/state.db")
+row = db.execute(
+    "SELECT error FROM step_attempts WHERE job = 'verify_daily' AND step = 'verify_users' "
+    "ORDER BY id DESC LIMIT 1").fetchone()
+print(json.dumps({"job": "verify_daily", "step": "verify_users", "interval": sys.argv[1],
+                  "error": (row[0] if row else "")[:600]}, ensure_ascii=False))
+PY2
+echo
+echo "-- the next export and load carry the change; verify_daily passes:"
+echo "\$ cranium clear product_daily --from $DAY --to $NEXT --steps 'export_users' --downstream"
+"$bin" clear product_daily --from "$DAY" --to "$NEXT" --steps export_users --downstream >/dev/null
+"$bin" run product_daily --at "$DAY" >/dev/null
+"$bin" clear verify_daily --from "$DAY" --to "$NEXT" >/dev/null
+echo "\$ cranium run verify_daily --at $DAY"
+"$bin" run verify_daily --at "$DAY"
+for step in verify_users verify_recipes; do
+  "$bin" logs verify_daily "$DAY" "$step" | grep -E "equal" | sed 's/^[^ ]* [A-Z]* *//' | tail -1
+done
+# (Section 4 seeds production afresh on the next run of the demo.)
 
 echo "demo: done in $(( $(date +%s) - started ))s after the build"

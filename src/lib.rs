@@ -12,6 +12,7 @@ pub mod config;
 pub mod dag;
 pub mod db;
 pub mod diag;
+pub mod diff;
 pub mod engine;
 pub mod kafka;
 pub mod lake;

@@ -181,6 +181,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RunsOut::Table)]
         format: RunsOut,
     },
+    /// Compare a MySQL table with its PostgreSQL/warehouse copy (exit 0: equal, 1: different, 2: error).
+    #[command(
+        after_help = "Examples:\n  cranium diff mysql://root@127.0.0.1/app users postgres://postgres@127.0.0.1/dw analytics.users --key id\n  cranium diff $PRODUCTION_MYSQL_URL recipes $WAREHOUSE_URL analytics.recipes --key id --format json"
+    )]
+    Diff(commands::diff::DiffArgs),
     /// Print the logs of every attempt of a job's interval (or of one step).
     #[command(
         after_help = "Examples:\n  cranium logs events_daily 2026-03-01\n  cranium logs events_daily 2026-03-01 daily_active_users --follow"
@@ -307,6 +312,7 @@ fn main() -> ExitCode {
             };
             commands::run::backfill(project, &args, log_format, &mut out, &mut err)
         }
+        Command::Diff(args) => commands::diff::diff(&args, &mut out, &mut err),
         Command::Lag { job, format } => {
             let format = match format {
                 RunsOut::Table => RunsFormat::Table,

@@ -50,7 +50,7 @@ pub struct BackfillArgs {
     pub dry_run: bool,
 }
 
-fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -315,6 +315,70 @@ impl PgClient {
         }
     }
 
+    /// `COPY (…) TO STDOUT` (`sql`): each line of the output (without its newline) handed to `each`
+    /// as it arrives, never holding the result. Returns the bytes received.
+    pub async fn copy_out<F>(
+        &mut self,
+        sql: &str,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+        mut each: F,
+    ) -> Result<u64, DbError>
+    where
+        F: FnMut(&[u8]) + Send,
+    {
+        use futures::StreamExt;
+        self.usable()?;
+        let started = Instant::now();
+        if let Some(why) = already_interrupted(deadline, cancel) {
+            return Err(why.error(started, deadline));
+        }
+        let client = &self.client;
+        let fut = async move {
+            let stream = client.copy_out(sql).await?;
+            let mut stream = std::pin::pin!(stream);
+            let (mut bytes, mut partial) = (0u64, Vec::new());
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                bytes += chunk.len() as u64;
+                // The server sends one row per message; a row split over messages is joined here.
+                let mut rest: &[u8] = &chunk;
+                while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+                    if partial.is_empty() {
+                        each(&rest[..end]);
+                    } else {
+                        partial.extend_from_slice(&rest[..end]);
+                        each(&partial);
+                        partial.clear();
+                    }
+                    rest = &rest[end + 1..];
+                }
+                partial.extend_from_slice(rest);
+            }
+            if !partial.is_empty() {
+                each(&partial);
+            }
+            Ok(bytes)
+        };
+        match Self::guard(&self.cancel_token, fut, deadline, cancel).await {
+            Guarded::Done(Ok(n)) => Ok(n),
+            Guarded::Done(Err(e)) => {
+                if self.client.is_closed() {
+                    self.give_up("the connection closed during a COPY");
+                }
+                Err(statement_error(0, &e))
+            }
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, false).await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     /// See [`super::DbClient::run_script`].
     pub async fn run_script(
         &mut self,

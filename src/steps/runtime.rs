@@ -26,6 +26,9 @@ pub enum ErrorClass {
     Config,
     /// The server rejected a statement or the data (constraint, division by zero, bad value).
     Data,
+    /// A check ran and found the data wrong (a `validate` mismatch): another attempt would find the
+    /// same, so none is made.
+    Mismatch,
     /// Something outside failed: connection refused, network, deadlock, serialization failure.
     External,
     /// The attempt ran past its `timeout` and was cancelled.
@@ -62,7 +65,10 @@ impl StepError {
 
     /// Whether another attempt may succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(self.class, ErrorClass::Config | ErrorClass::Cancelled)
+        !matches!(
+            self.class,
+            ErrorClass::Config | ErrorClass::Cancelled | ErrorClass::Mismatch
+        )
     }
 
     /// An S3 error: retried unless the server said no for good (access denied, no such bucket).

@@ -1,12 +1,16 @@
 //! `validate`: compare a production MySQL table with its warehouse copy and alarm on differences.
 //!
-//! Counts first, then checksums of key ranges computed inside each database, bisecting the ranges that
-//! differ down to rows. The config is complete here; the comparison comes with the validation issue.
+//! The comparison is [`crate::diff`]: counts, then checksums of key segments (computed inside MySQL,
+//! streamed and hashed for PostgreSQL), bisecting the segments that differ down to rows. A mismatch
+//! beyond `tolerance` fails the step (or warns, with `on_mismatch: warn`) with a summary; the full
+//! report (every differing key and both values) goes to `report` and into the step's outputs.
 
 use serde::Deserialize;
 
-use super::{CheckCx, Step, TextOrigin};
+use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput, TextOrigin};
 use crate::config::{ConnectionKind, OneOrMany};
+use crate::db::DbKind;
+use crate::diff::{DiffError, DiffSpec};
 
 /// One side of a comparison.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +104,166 @@ impl Tolerance {
 }
 
 impl ValidateStep {
+    /// One side as the comparison takes it: URL, table and rendered filter.
+    fn side(
+        &self,
+        cx: &RunCx,
+        name: &str,
+        side: &Side,
+        want: &[DbKind],
+    ) -> Result<(crate::diff::Side, std::time::Duration), StepError> {
+        let (kind, url, dialect, timeout) =
+            super::runtime::database_target(&cx.project, &side.connection)?;
+        if !want.contains(&kind) {
+            return Err(StepError::config(format!(
+                "{name}: connection '{}' is a {} connection; validate compares a mysql source with a postgres target{}",
+                side.connection,
+                kind.name(),
+                if kind == DbKind::Redshift {
+                    " (a redshift target is not supported yet: its checksums need Redshift's CRC32 in the server)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let Some(table) = &side.table else {
+            return Err(StepError::config(format!(
+                "{name}: validate compares tables; give `table` (a `query` side is not supported yet)"
+            )));
+        };
+        let filter = match &side.where_ {
+            Some(w) => Some(cx.render(&format!("{name}.where"), w, Some(dialect))?),
+            None => None,
+        };
+        Ok((
+            crate::diff::Side {
+                url,
+                table: table.clone(),
+                filter,
+            },
+            timeout,
+        ))
+    }
+
+    async fn validate(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
+        let (source, timeout) = self.side(cx, "source", &self.source, &[DbKind::MySql])?;
+        let (target, _) = self.side(cx, "target", &self.target, &[DbKind::Postgres])?;
+        let (max_rows, max_ratio) = match &self.tolerance {
+            Some(t) => t.parse().map_err(StepError::config)?,
+            None => (Some(0), None),
+        };
+        let spec = DiffSpec {
+            source,
+            target,
+            key: self.key.iter().cloned().collect(),
+            columns: self.columns.clone(),
+            exclude: self.exclude_columns.clone(),
+            float_tolerance: self.float_tolerance.unwrap_or(0.0),
+            threads: self.parallelism.unwrap_or(4) as usize,
+            connect_timeout: timeout,
+            segment_rows: None,
+        };
+        let report = crate::diff::diff(&spec, cx.deadline, &cx.cancel)
+            .await
+            .map_err(|e| match e {
+                DiffError::Config(m) => StepError::config(m),
+                DiffError::Db { .. } => {
+                    StepError::external(cx.project.redactor.redact(&e.to_string()))
+                }
+            })?;
+        let body = serde_json::to_vec_pretty(&report)
+            .map_err(|e| StepError::new(ErrorClass::Internal, e.to_string()))?;
+        let mut out = StepOutput {
+            rows_affected: Some(report.source_rows as i64),
+            bytes: Some((report.source_bytes + report.target_bytes) as i64),
+            ..StepOutput::default()
+        };
+        if let Some(r) = &self.report {
+            let at = cx.render("report", r, None)?;
+            let written = match at.strip_prefix("s3://") {
+                Some(rest) => {
+                    let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+                        StepError::config(format!("report {at}: expected s3://bucket/key"))
+                    })?;
+                    let conn = self.report_s3.as_deref().ok_or_else(|| {
+                        StepError::config("an s3:// report needs `report_s3` (an s3 connection)")
+                    })?;
+                    let (s3, bucket) = cx.s3(conn, Some(bucket))?;
+                    s3.put(&bucket, key, body.clone().into(), "application/json")
+                        .await
+                        .map_err(StepError::from_s3)?;
+                    at.clone()
+                }
+                None => {
+                    let path = cx.project.root.join(&at);
+                    write_report(&path, &body).map_err(|e| {
+                        StepError::external(format!("writing the report {}: {e}", path.display()))
+                    })?;
+                    path.display().to_string()
+                }
+            };
+            out.outputs.insert("report".into(), written.into());
+        }
+        for (k, v) in [
+            ("source_rows", report.source_rows),
+            ("target_rows", report.target_rows),
+            ("differences", report.differences),
+            ("missing_in_target", report.missing_in_target.len() as u64),
+            ("only_in_target", report.only_in_target.len() as u64),
+            ("differing", report.differing.len() as u64),
+            (
+                "duplicate_keys_in_target",
+                report.duplicate_keys_in_target.len() as u64,
+            ),
+            ("source_bytes", report.source_bytes),
+            ("target_bytes", report.target_bytes),
+        ] {
+            out.outputs.insert(k.into(), v.into());
+        }
+        out.outputs.insert("equal".into(), report.equal.into());
+        let allowed_rows = match (max_rows, max_ratio) {
+            (Some(n), _) => n,
+            (None, Some(r)) => {
+                (r * report.source_rows.max(report.target_rows) as f64).floor() as u64
+            }
+            (None, None) => 0,
+        };
+        let within = report.differences <= allowed_rows;
+        let what = format!(
+            "{} vs {}: {}",
+            self.source.table.as_deref().unwrap_or("source"),
+            self.target.table.as_deref().unwrap_or("target"),
+            report.summary()
+        );
+        if report.equal {
+            cx.log.info(&format!(
+                "equal: {} rows on both sides ({:.1} s, {} + {} bytes read)",
+                report.source_rows, report.seconds, report.source_bytes, report.target_bytes
+            ));
+        } else if within {
+            cx.log.warn(&format!(
+                "within the tolerance of {allowed_rows} rows: {what}"
+            ));
+        } else if self.on_mismatch == OnMismatch::Warn {
+            cx.log
+                .warn(&format!("mismatch (on_mismatch: warn): {what}"));
+        } else {
+            cx.log.error(&format!("mismatch: {what}"));
+            return Err(StepError::new(
+                ErrorClass::Mismatch,
+                format!(
+                    "mismatch beyond the tolerance of {allowed_rows} rows: {what}{}",
+                    out.outputs
+                        .get("report")
+                        .and_then(|r| r.as_str())
+                        .map(|r| format!("\nfull report: {r}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
     fn check_side(&self, cx: &mut CheckCx<'_>, name: &str, side: &Side, kinds: &[ConnectionKind]) {
         let base = cx.field(name);
         let conn = cx.connection(&base.key("connection"), &side.connection, kinds);
@@ -143,9 +307,9 @@ impl Step for ValidateStep {
 
     fn run<'a>(
         &'a self,
-        _cx: &'a super::RunCx,
+        cx: &'a super::RunCx,
     ) -> futures::future::BoxFuture<'a, Result<super::StepOutput, super::StepError>> {
-        super::not_runnable_yet("validate", "the table comparison")
+        Box::pin(self.validate(cx))
     }
 
     fn check(&self, cx: &mut CheckCx<'_>) {
@@ -211,6 +375,16 @@ impl Step for ValidateStep {
             );
         }
     }
+}
+
+/// Write the report next to nothing half-written: a temporary file renamed into place.
+fn write_report(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(tmp.path(), body)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]
