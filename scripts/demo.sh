@@ -221,7 +221,7 @@ if "$bin" run verify_daily --at "$DAY"; then
 fi
 echo
 echo "\$ cranium logs verify_daily $DAY verify_users"
-"$bin" logs verify_daily "$DAY" verify_users | grep -E "ERROR mismatch|^ *key" | sed 's/^[^ ]* //' | head -4
+"$bin" logs verify_daily "$DAY" verify_users | grep -E "ERROR mismatch|^ *key" | sed "s/^[^ ]* //" | tail -2
 echo
 echo "-- the full report (reports/verify_users/$DAY.json):"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in ("equal","source_rows","target_rows","differing","missing_in_target","only_in_target","seconds","source_bytes","target_bytes")}, indent=1, ensure_ascii=False))' "reports/verify_users/$DAY.json"
