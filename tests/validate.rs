@@ -60,11 +60,13 @@ fn spec(table: &str, key: &[&str]) -> DiffSpec {
         source: Side {
             url: MY.into(),
             table: table.into(),
+            query: None,
             filter: None,
         },
         target: Side {
             url: PG.into(),
             table: format!("public.{table}"),
+            query: None,
             filter: None,
         },
         key: key.iter().map(|k| k.to_string()).collect(),
@@ -464,5 +466,37 @@ async fn the_cli_and_the_step_fail_on_a_mismatch_and_on_a_connection_error() {
     let report =
         std::fs::read_to_string(dir.path().join("reports/2026-03-01.json")).expect("report");
     assert!(report.contains("\"differing\""), "{report}");
+    drop_pair(&table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_sides_compare_what_they_select() {
+    let table = unique("vt_query");
+    pair(
+        &table,
+        "id INT PRIMARY KEY, v INT, amount DECIMAL(8,2), at DATETIME(3)",
+        "id int, v int, amount numeric, at timestamp(3)",
+        "(1, 10, 1.50, '2026-03-01 00:00:00.100'), (2, 20, 2.00, '2026-03-01 00:00:00'), \
+         (3, 30, 3.00, '2026-03-01 00:00:00')",
+        "(1, 10, 1.5, '2026-03-01 00:00:00.1'), (2, 21, 2, '2026-03-01 00:00:00'), \
+         (3, 99, 3, '2026-03-01 00:00:00')",
+    )
+    .await;
+    let mut s = spec(&table, &["id"]);
+    s.source.query = Some(format!(
+        "SELECT id, v * 2 AS double_v, amount, at FROM {table} WHERE id < 3"
+    ));
+    s.target.query = Some(format!(
+        "SELECT id, v * 2 AS double_v, amount, at FROM public.{table} WHERE id < 3;"
+    ));
+    let r = compare(&s).await;
+    assert_eq!((r.source_rows, r.target_rows), (2, 2), "{}", r.summary());
+    assert_eq!(r.differing.len(), 1, "{}", r.summary());
+    assert_eq!(r.differing[0].key, vec!["2".to_string()]);
+    let v = &r.differing[0].columns["double_v"];
+    assert_eq!(
+        (v.source.as_deref(), v.target.as_deref()),
+        (Some("40"), Some("42"))
+    );
     drop_pair(&table).await;
 }

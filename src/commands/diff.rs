@@ -58,11 +58,13 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         source: Side {
             url: args.source_url.clone(),
             table: args.source_table.clone(),
+            query: None,
             filter: args.source_where.clone(),
         },
         target: Side {
             url: args.target_url.clone(),
             table: args.target_table.clone(),
+            query: None,
             filter: args.target_where.clone(),
         },
         key: args.key.clone(),

@@ -39,8 +39,10 @@ use canon::Canon;
 #[derive(Debug, Clone)]
 pub struct Side {
     pub url: String,
-    /// `table` or `schema.table`.
+    /// `table` or `schema.table` (with `query`: only the name shown in messages).
     pub table: String,
+    /// A SELECT to compare instead of the table.
+    pub query: Option<String>,
     /// A filter (SQL expression in the side's dialect), e.g. rows changed before the interval end.
     pub filter: Option<String>,
 }
@@ -204,6 +206,10 @@ fn quote_pg(name: &str) -> String {
         .join(".")
 }
 
+fn trim_query(q: &str) -> &str {
+    q.trim().trim_end_matches(';')
+}
+
 /// ` WHERE (filter) AND extra`, or nothing.
 fn where_clause(filter: Option<&str>, extra: &str) -> String {
     let mut conds = Vec::new();
@@ -268,11 +274,17 @@ impl Ctx<'_> {
     }
 
     fn my_table(&self) -> String {
-        quote_my(&self.spec.source.table)
+        match &self.spec.source.query {
+            Some(q) => format!("({}) AS cranium_source", trim_query(q)),
+            None => quote_my(&self.spec.source.table),
+        }
     }
 
     fn pg_table(&self) -> String {
-        quote_pg(&self.spec.target.table)
+        match &self.spec.target.query {
+            Some(q) => format!("({}) AS cranium_target", trim_query(q)),
+            None => quote_pg(&self.spec.target.table),
+        }
     }
 
     /// MySQL's row text expression.
@@ -566,52 +578,20 @@ async fn columns(
     pg: &mut PgClient,
 ) -> Result<Vec<Col>, DiffError> {
     let spec = cx.spec;
-    let (schema, table) = match spec.source.table.split_once('.') {
-        Some((s, t)) => (J::from(s), t.to_string()),
-        None => (J::Null, spec.source.table.clone()),
+    let (my_cols, json_cols) = match &spec.source.query {
+        None => my_table_columns(cx, my).await?,
+        Some(q) => (my_query_columns(cx, my, q).await?, Vec::new()),
     };
-    let my_cols = my
-        .query(
-            "SELECT COLUMN_NAME AS name, DATA_TYPE AS dt, COLUMN_TYPE AS ct, \
-             CAST(NUMERIC_SCALE AS SIGNED) AS scale, CAST(DATETIME_PRECISION AS SIGNED) AS fsp, \
-             CHARACTER_SET_NAME AS cs FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            &[schema.clone(), table.clone().into()],
-            cx.deadline,
-            cx.cancel,
-        )
-        .await
-        .map_err(|e| cx.my_err(e))?;
     if my_cols.is_empty() {
         return Err(DiffError::Config(format!(
-            "source table {} does not exist (or has no columns)",
+            "source {} does not exist (or has no columns)",
             spec.source.table
         )));
     }
-    let json_cols: Vec<String> = my
-        .json_columns(schema, &table, cx.deadline, cx.cancel)
-        .await
-        .map_err(|e| cx.my_err(e))?;
-    let (pschema, ptable) = match spec.target.table.split_once('.') {
-        Some((s, t)) => (s.to_string(), t.to_string()),
-        None => ("public".to_string(), spec.target.table.clone()),
-    };
-    let pg_cols: Vec<String> = pg
-        .query(
-            "SELECT column_name::text AS c FROM information_schema.columns \
-             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-            &[pschema.into(), ptable.into()],
-            cx.deadline,
-            cx.cancel,
-        )
-        .await
-        .map_err(|e| cx.pg_err(e))?
-        .iter()
-        .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
-        .collect();
+    let pg_cols = pg_columns(cx, pg).await?;
     if pg_cols.is_empty() {
         return Err(DiffError::Config(format!(
-            "target table {} does not exist (or has no columns)",
+            "target {} does not exist (or has no columns)",
             spec.target.table
         )));
     }
@@ -670,6 +650,159 @@ async fn columns(
     }
     keys.sort_by_key(|(i, _)| *i);
     Ok(keys.into_iter().map(|(_, c)| c).chain(rest).collect())
+}
+
+/// The source table's columns (name, dt, ct, scale, fsp, cs) and its JSON columns.
+async fn my_table_columns(
+    cx: &Ctx<'_>,
+    my: &mut MyClient,
+) -> Result<(Vec<serde_json::Map<String, J>>, Vec<String>), DiffError> {
+    let source = &cx.spec.source.table;
+    let (schema, table) = match source.split_once('.') {
+        Some((s, t)) => (J::from(s), t.to_string()),
+        None => (J::Null, source.clone()),
+    };
+    let cols = my
+        .query(
+            "SELECT COLUMN_NAME AS name, DATA_TYPE AS dt, COLUMN_TYPE AS ct, \
+             CAST(NUMERIC_SCALE AS SIGNED) AS scale, CAST(DATETIME_PRECISION AS SIGNED) AS fsp, \
+             CHARACTER_SET_NAME AS cs FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            &[schema.clone(), table.clone().into()],
+            cx.deadline,
+            cx.cancel,
+        )
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    let json = my
+        .json_columns(schema, &table, cx.deadline, cx.cancel)
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    Ok((cols, json))
+}
+
+/// The columns of a source query, from an empty temporary table made from it (JSON columns are
+/// compared as text).
+async fn my_query_columns(
+    cx: &Ctx<'_>,
+    my: &mut MyClient,
+    q: &str,
+) -> Result<Vec<serde_json::Map<String, J>>, DiffError> {
+    let (deadline, cancel) = (cx.deadline, cx.cancel);
+    let probe = format!(
+        "CREATE TEMPORARY TABLE cranium_diff_probe AS SELECT * FROM ({}) AS q LIMIT 0",
+        trim_query(q)
+    );
+    my.statement(
+        "DROP TEMPORARY TABLE IF EXISTS cranium_diff_probe",
+        deadline,
+        cancel,
+    )
+    .await
+    .map_err(|e| cx.my_err(e))?;
+    my.statement(&probe, deadline, cancel)
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    let shown = my
+        .query(
+            "SHOW FULL COLUMNS FROM cranium_diff_probe",
+            &[],
+            deadline,
+            cancel,
+        )
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    my.statement("DROP TEMPORARY TABLE cranium_diff_probe", deadline, cancel)
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    Ok(shown
+        .iter()
+        .map(|r| {
+            let ct = text(r.get("Type")).unwrap_or_default().to_lowercase();
+            let dt = ct.split(['(', ' ']).next().unwrap_or_default().to_string();
+            // `decimal(12,2)` → 2; `datetime(6)` → 6.
+            let args: Vec<u64> = ct
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .map(|(a, _)| a.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            let scale = if dt == "decimal" {
+                args.get(1).copied()
+            } else {
+                None
+            };
+            let fsp = if matches!(dt.as_str(), "datetime" | "timestamp" | "time") {
+                Some(args.first().copied().unwrap_or(0))
+            } else {
+                None
+            };
+            let cs = text(r.get("Collation")).and_then(|c| c.split('_').next().map(str::to_string));
+            let mut m = serde_json::Map::new();
+            m.insert("name".into(), r.get("Field").cloned().unwrap_or(J::Null));
+            m.insert("dt".into(), dt.into());
+            m.insert("ct".into(), ct.into());
+            m.insert("scale".into(), scale.map_or(J::Null, J::from));
+            m.insert("fsp".into(), fsp.map_or(J::Null, J::from));
+            m.insert("cs".into(), cs.map_or(J::Null, J::from));
+            m
+        })
+        .collect())
+}
+
+/// The target's column names (a table's, or a query's through a temporary view).
+async fn pg_columns(cx: &Ctx<'_>, pg: &mut PgClient) -> Result<Vec<String>, DiffError> {
+    let (deadline, cancel) = (cx.deadline, cx.cancel);
+    let (sql, params): (&str, Vec<J>) = match &cx.spec.target.query {
+        None => {
+            let target = &cx.spec.target.table;
+            let (schema, table) = match target.split_once('.') {
+                Some((s, t)) => (s.to_string(), t.to_string()),
+                None => ("public".to_string(), target.clone()),
+            };
+            (
+                "SELECT column_name::text AS c FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                vec![schema.into(), table.into()],
+            )
+        }
+        Some(q) => {
+            pg.statement(
+                &format!(
+                    "CREATE OR REPLACE TEMP VIEW cranium_diff_probe AS {}",
+                    trim_query(q)
+                ),
+                false,
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.pg_err(e))?;
+            (
+                "SELECT column_name::text AS c FROM information_schema.columns \
+                 WHERE table_schema = pg_my_temp_schema()::regnamespace::text \
+                 AND table_name = 'cranium_diff_probe' ORDER BY ordinal_position",
+                Vec::new(),
+            )
+        }
+    };
+    let cols = pg
+        .query(sql, &params, deadline, cancel)
+        .await
+        .map_err(|e| cx.pg_err(e))?
+        .iter()
+        .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
+        .collect();
+    if cx.spec.target.query.is_some() {
+        pg.statement(
+            "DROP VIEW IF EXISTS cranium_diff_probe",
+            false,
+            deadline,
+            cancel,
+        )
+        .await
+        .map_err(|e| cx.pg_err(e))?;
+    }
+    Ok(cols)
 }
 
 /// MySQL's checksum per coarse segment (ranges) or per bucket (hash), computed in the server.

@@ -126,10 +126,17 @@ impl ValidateStep {
                 }
             )));
         }
-        let Some(table) = &side.table else {
-            return Err(StepError::config(format!(
-                "{name}: validate compares tables; give `table` (a `query` side is not supported yet)"
-            )));
+        let (table, query) = match (&side.table, &side.query) {
+            (Some(t), _) => (t.clone(), None),
+            (None, Some(q)) => (
+                format!("the {name} query"),
+                Some(cx.render(&format!("{name}.query"), q, Some(dialect))?),
+            ),
+            (None, None) => {
+                return Err(StepError::config(format!(
+                    "{name}: give `table` or `query`"
+                )))
+            }
         };
         let filter = match &side.where_ {
             Some(w) => Some(cx.render(&format!("{name}.where"), w, Some(dialect))?),
@@ -138,7 +145,8 @@ impl ValidateStep {
         Ok((
             crate::diff::Side {
                 url,
-                table: table.clone(),
+                table,
+                query,
                 filter,
             },
             timeout,
