@@ -45,6 +45,9 @@ pub struct DiffArgs {
     /// Connections per side.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Give up after this long (e.g. `90s`, `30m`; the queries are cancelled on the servers).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     #[arg(long, value_enum, default_value_t = DiffFormat::Table)]
     pub format: DiffFormat,
 }
@@ -83,7 +86,8 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 ctrl_c.cancel();
             }
         });
-        compare(&spec, None, &cancel).await
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        compare(&spec, Some(deadline), &cancel).await
     });
     match result {
         Err(e) => {
