@@ -193,6 +193,73 @@ fn copy_text(v: &serde_json::Value, cast: Option<&str>, out: &mut Vec<u8>) -> Re
     Ok(())
 }
 
+/// A JSON line's top-level fields, their values left as text until a column asks for one (no tree
+/// of the whole record is built).
+struct Fields<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl Fields<'_> {
+    /// The value at `path` (its first segment a top-level key), or None when missing.
+    fn value(&self, path: &[String]) -> Result<Option<serde_json::Value>, String> {
+        let Some((first, rest)) = path.split_first() else {
+            return Ok(None);
+        };
+        let Some((_, raw)) = self.0.iter().rev().find(|(k, _)| k == first) else {
+            return Ok(None);
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(raw.get()).map_err(|e| format!("not valid JSON: {e}"))?;
+        Ok(if rest.is_empty() {
+            Some(v)
+        } else {
+            at_path(&v, rest).cloned()
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key<'a>(std::borrow::Cow<'a, str>);
+        impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Key<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a key")
+                    }
+                    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                        Ok(Key(std::borrow::Cow::Borrowed(s)))
+                    }
+                    fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                        Ok(Key(std::borrow::Cow::Owned(s.to_string())))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Fields<'de>, M::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some((k, v)) =
+                    m.next_entry::<Key<'de>, &'de serde_json::value::RawValue>()?
+                {
+                    out.push((k.0, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// A target column and where its value comes from.
 struct Mapped {
     column: String,
@@ -963,14 +1030,15 @@ fn copy_rows(
             continue;
         }
         let start = buf.len();
-        let row = serde_json::from_slice::<serde_json::Value>(text)
+        let row = serde_json::from_slice::<Fields<'_>>(text)
             .map_err(|e| format!("not valid JSON: {e}"))
-            .and_then(|v| {
+            .and_then(|fields| {
                 if binary {
                     pg_binary::row_start(mapped.len() as u16, &mut buf);
                 }
                 for (i, m) in mapped.iter().enumerate() {
-                    let val = at_path(&v, &m.path).unwrap_or(&serde_json::Value::Null);
+                    let owned = fields.value(&m.path)?;
+                    let val = owned.as_ref().unwrap_or(&serde_json::Value::Null);
                     match m.bin {
                         Some(ty) if binary => {
                             pg_binary::write_value(ty, val, m.cast.as_deref(), &mut buf)
@@ -1188,6 +1256,22 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(text.as_bytes()).expect("gz");
         e.finish().expect("gz")
+    }
+
+    #[test]
+    fn fields_read_top_level_keys_escaped_keys_nested_paths_and_the_last_duplicate() {
+        let line = br#"{"id":1,"us\u0065r":{"name":"Zo\u00eb"},"id":2,"n":null}"#;
+        let f: Fields<'_> = serde_json::from_slice(line).expect("fields");
+        let get = |p: &[&str]| {
+            let path: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            f.value(&path).expect("value")
+        };
+        assert_eq!(get(&["id"]), Some(serde_json::json!(2)));
+        assert_eq!(get(&["user", "name"]), Some(serde_json::json!("Zoë")));
+        assert_eq!(get(&["n"]), Some(serde_json::Value::Null));
+        assert_eq!(get(&["missing"]), None);
+        assert!(serde_json::from_slice::<Fields<'_>>(b"[1,2]").is_err());
+        assert!(serde_json::from_slice::<Fields<'_>>(b"{\"a\":").is_err());
     }
 
     #[test]
