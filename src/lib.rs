@@ -6,6 +6,7 @@
 //! files; connectors and the engine sit on top.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod check;
 pub mod commands;
 pub mod config;

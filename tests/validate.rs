@@ -446,13 +446,28 @@ async fn the_cli_and_the_step_fail_on_a_mismatch_and_on_a_connection_error() {
         &[(
             "verify",
             &format!(
-                "job: verify\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n  - id: check\n    kind: validate\n    retries: 2\n    source:\n      connection: production\n      table: {table}\n    target:\n      connection: warehouse\n      table: public.{table}\n      where: \"id < 100\"\n    key: id\n    report: \"reports/{{{{ ds }}}}.json\"\n"
+                "job: verify\nschedule: \"@daily\"\nstart: 2026-01-01\nalerts: [oncall]\nsteps:\n  - id: check\n    kind: validate\n    retries: 2\n    source:\n      connection: production\n      table: {table}\n    target:\n      connection: warehouse\n      table: public.{table}\n      where: \"id < 100\"\n    key: id\n    report: \"reports/{{{{ ds }}}}.json\"\n"
             ),
         )],
     );
+    // The job's alert channel: a command that keeps what it is sent.
+    let mut cfg = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("cfg");
+    cfg.push_str("alerts:\n  oncall:\n    kind: command\n    command: [sh, -c, \"cat > alert.json\"]\n");
+    std::fs::write(dir.path().join("cranium.yaml"), cfg).expect("cfg");
     let e = engine(dir.path()).await;
     let r = run_job(&e, "verify", day("2026-03-01")).await;
     assert_eq!(r.steps[0].state, StepState::Failed, "{r:?}");
+    let alert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("alert.json")).expect("the alert was sent"),
+    )
+    .expect("alert json");
+    assert_eq!(alert["kind"], "validate_mismatch");
+    assert_eq!(alert["job"], "verify");
+    assert_eq!(alert["differences"], 1);
+    assert!(
+        alert["summary"].as_str().unwrap_or_default().contains("key 2: v: 2 → 3"),
+        "{alert}"
+    );
     assert_eq!(
         r.steps[0].attempts, 1,
         "a mismatch is a finding, not retried: {r:?}"

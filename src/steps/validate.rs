@@ -243,6 +243,23 @@ impl ValidateStep {
             self.target.table.as_deref().unwrap_or("target"),
             report.summary()
         );
+        if !report.equal && !within && !cx.job().alerts.is_empty() {
+            // The job's alert channels get the summary (and where the full report is).
+            let alert = serde_json::json!({
+                "kind": "validate_mismatch",
+                "job": cx.job().name,
+                "step": cx.spec().id,
+                "interval_start": cx.interval.start.to_rfc3339(),
+                "interval_end": cx.interval.end.to_rfc3339(),
+                "on_mismatch": if self.on_mismatch == OnMismatch::Warn { "warn" } else { "fail" },
+                "summary": what,
+                "differences": report.differences,
+                "report": out.outputs.get("report").cloned().unwrap_or_default(),
+            });
+            for failure in crate::alerts::send(&cx.project, &cx.job().alerts, &alert).await {
+                cx.log.warn(&failure);
+            }
+        }
         if report.equal {
             cx.log.info(&format!(
                 "equal: {} rows on both sides ({:.1} s, {} + {} bytes read)",
