@@ -452,7 +452,9 @@ async fn the_cli_and_the_step_fail_on_a_mismatch_and_on_a_connection_error() {
     );
     // The job's alert channel: a command that keeps what it is sent.
     let mut cfg = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("cfg");
-    cfg.push_str("alerts:\n  oncall:\n    kind: command\n    command: [sh, -c, \"cat > alert.json\"]\n");
+    cfg.push_str(
+        "alerts:\n  oncall:\n    kind: command\n    command: [sh, -c, \"cat > alert.json\"]\n",
+    );
     std::fs::write(dir.path().join("cranium.yaml"), cfg).expect("cfg");
     let e = engine(dir.path()).await;
     let r = run_job(&e, "verify", day("2026-03-01")).await;
@@ -465,7 +467,10 @@ async fn the_cli_and_the_step_fail_on_a_mismatch_and_on_a_connection_error() {
     assert_eq!(alert["job"], "verify");
     assert_eq!(alert["differences"], 1);
     assert!(
-        alert["summary"].as_str().unwrap_or_default().contains("key 2: v: 2 → 3"),
+        alert["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("key 2: v: 2 → 3"),
         "{alert}"
     );
     assert_eq!(
