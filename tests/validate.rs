@@ -120,6 +120,7 @@ async fn every_type_in_its_canonical_form_compares_equal_and_each_changed_column
     assert!(r.equal, "{}", r.summary());
     assert_eq!((r.source_rows, r.target_rows), (3, 3));
     assert_eq!(r.strategy, "ranges");
+    assert_eq!(r.target_streams, 1, "3 rows: one segment range");
 
     // One changed column of each type, each on its own row copy.
     let changes = [
@@ -227,7 +228,10 @@ async fn missing_extra_null_versus_empty_and_duplicate_keys_are_reported_exactly
     )
     .await;
     let s = spec(&table, &["id"]);
-    assert!(compare(&s).await.equal);
+    let r = compare(&s).await;
+    assert!(r.equal);
+    // No index on the target's key: one scan, not one per connection.
+    assert_eq!(r.target_streams, 1);
     let p = pg().await;
     p.batch_execute(&format!(
         "DELETE FROM public.{table} WHERE id = 17;
@@ -389,6 +393,8 @@ async fn every_pooled_connection_reads_timestamps_in_utc() {
     let r = compare(&s).await;
     assert!(r.equal, "{}", r.summary());
     assert!(r.segments >= 4);
+    // The target's key is indexed: one key range per connection.
+    assert_eq!(r.target_streams, 4);
     drop_pair(&table).await;
 }
 

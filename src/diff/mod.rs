@@ -106,6 +106,9 @@ pub struct Report {
     pub target_bytes: u64,
     /// How the key was segmented: `ranges` or `hash`.
     pub strategy: String,
+    /// How many streams read the target at once (one per connection over key ranges when an index
+    /// serves them, else one scan).
+    pub target_streams: u64,
 }
 
 impl Report {
@@ -423,6 +426,7 @@ pub async fn diff(
         pg_bytes: AtomicU64::new(0),
     };
     cx.cols = columns(&cx, &mut my[0], &mut pg[0]).await?;
+    snapshots(&cx, &mut my, &mut pg).await?;
 
     // 1. Counts, and the bounds of an integer key.
     let int_key = cx.nkeys == 1 && cx.cols[0].canon == Canon::Int;
@@ -495,7 +499,7 @@ pub async fn diff(
         my_checksums(&cx, &seg, &mut my, coarse_count),
         pg_checksums(&cx, &seg, &mut pg)
     );
-    let (my_sums, pg_sums) = (my_sums?, pg_sums?);
+    let (my_sums, (pg_sums, target_streams)) = (my_sums?, pg_sums?);
 
     // 3. Bisect the coarse segments that differ into fine ones.
     let mut suspect_fine: BTreeSet<u64> = BTreeSet::new();
@@ -547,6 +551,7 @@ pub async fn diff(
         columns: cx.cols.iter().map(|c| c.name.clone()).collect(),
         key: spec.key.clone(),
         segments: fine_count,
+        target_streams,
         segments_differing: suspect_fine.len() as u64,
         strategy: match seg {
             Segments::Ranges { .. } => "ranges".into(),
@@ -569,6 +574,64 @@ pub async fn diff(
     report.source_bytes = cx.my_bytes.load(Ordering::Relaxed);
     report.target_bytes = cx.pg_bytes.load(Ordering::Relaxed);
     Ok(report)
+}
+
+/// Every connection reads from one snapshot per side: PostgreSQL's connections share one exported
+/// snapshot (exactly the same rows); MySQL's each open a consistent snapshot, one right after the
+/// other (MariaDB cannot share one), so a row committed in between is the only way for them to differ.
+async fn snapshots(
+    cx: &Ctx<'_>,
+    my: &mut [MyClient],
+    pg: &mut [PgClient],
+) -> Result<(), DiffError> {
+    let (deadline, cancel) = (cx.deadline, cx.cancel);
+    let mut exported = None;
+    for p in pg.iter_mut() {
+        p.statement(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            false,
+            deadline,
+            cancel,
+        )
+        .await
+        .map_err(|e| cx.pg_err(e))?;
+        match &exported {
+            None => {
+                let rows = p
+                    .simple_rows("SELECT pg_export_snapshot()", deadline, cancel)
+                    .await
+                    .map_err(|e| cx.pg_err(e))?;
+                exported = rows.first().and_then(|r| r.first().cloned()).flatten();
+            }
+            Some(id) => {
+                p.statement(
+                    &format!("SET TRANSACTION SNAPSHOT '{}'", id.replace('\'', "")),
+                    true,
+                    deadline,
+                    cancel,
+                )
+                .await
+                .map_err(|e| cx.pg_err(e))?;
+            }
+        }
+    }
+    for m in my.iter_mut() {
+        m.statement(
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            deadline,
+            cancel,
+        )
+        .await
+        .map_err(|e| cx.my_err(e))?;
+        m.statement(
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+            deadline,
+            cancel,
+        )
+        .await
+        .map_err(|e| cx.my_err(e))?;
+    }
+    Ok(())
 }
 
 /// The compared columns (keys first), their canonical forms from the MySQL types.
@@ -915,8 +978,13 @@ async fn pg_checksums(
     cx: &Ctx<'_>,
     seg: &Segments,
     clients: &mut [PgClient],
-) -> Result<HashMap<u64, (u64, u128)>, DiffError> {
+) -> Result<(HashMap<u64, (u64, u128)>, u64), DiffError> {
     let ranges: Vec<String> = match seg {
+        // One stream per connection, each over its own key range, when an index serves the ranges;
+        // otherwise every range would be a full scan, so one scan streams it all.
+        Segments::Ranges { .. } if !pg_key_indexed(cx, &mut clients[0]).await? => {
+            vec![String::new()]
+        }
         Segments::Ranges { lo, step, fine } => {
             let k = quote_pg(&cx.cols[0].name);
             let n = clients.len() as u64;
@@ -932,6 +1000,7 @@ async fn pg_checksums(
         }
         Segments::Hash { .. } => vec![String::new()],
     };
+    let streams = ranges.len() as u64;
     let workers = clients.iter_mut().zip(ranges).map(|(c, range)| async move {
         let mut sums: HashMap<u64, (u64, u128)> = HashMap::new();
         let mut row = Vec::with_capacity(256);
@@ -958,7 +1027,30 @@ async fn pg_checksums(
             e.1 += s;
         }
     }
-    Ok(all)
+    Ok((all, streams))
+}
+
+/// Whether the target table has an index whose first column is the key (a query has none).
+async fn pg_key_indexed(cx: &Ctx<'_>, c: &mut PgClient) -> Result<bool, DiffError> {
+    if cx.spec.target.query.is_some() {
+        return Ok(false);
+    }
+    let rows = c
+        .query(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND a.attname = $2) AS indexed",
+            &[J::from(cx.pg_table()), J::from(cx.cols[0].name.clone())],
+            cx.deadline,
+            cx.cancel,
+        )
+        .await
+        .map_err(|e| cx.pg_err(e))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get("indexed"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false))
 }
 
 /// The SQL condition selecting fine segments `fines` on MySQL.
