@@ -12,6 +12,12 @@ pub const EXIT_DIFFERENT: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    Postgres,
+    Redshift,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
     Table,
     Json,
@@ -45,6 +51,9 @@ pub struct DiffArgs {
     /// Connections per side.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// What the target URL is (Redshift is read through a cursor).
+    #[arg(long, value_enum, default_value_t = TargetKind::Postgres)]
+    pub target_kind: TargetKind,
     /// Give up after this long (e.g. `90s`, `30m`; the queries are cancelled on the servers).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -69,6 +78,10 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             table: args.target_table.clone(),
             query: None,
             filter: args.target_where.clone(),
+        },
+        target_kind: match args.target_kind {
+            TargetKind::Postgres => crate::db::DbKind::Postgres,
+            TargetKind::Redshift => crate::db::DbKind::Redshift,
         },
         key: args.key.clone(),
         columns: args.columns.clone(),

@@ -148,6 +148,29 @@ impl PgClient {
         }
     }
 
+    /// A guarded call's result: its value, its statement error, or (after the cleanup) the interrupt.
+    async fn finish<T>(
+        &mut self,
+        outcome: Guarded<T>,
+        started: Instant,
+        deadline: Option<Instant>,
+        in_transaction: bool,
+    ) -> Result<T, DbError> {
+        match outcome {
+            Guarded::Done(Ok(v)) => Ok(v),
+            Guarded::Done(Err(e)) => Err(statement_error(0, &e)),
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, in_transaction)
+                    .await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     /// After an interrupt: roll back (when in a transaction) or give the connection up.
     async fn after_interrupt(&mut self, stopped: bool, budget_end: Instant, in_transaction: bool) {
         if !stopped {
@@ -205,14 +228,9 @@ impl PgClient {
                 }
                 Err(err)
             }
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, in_transaction)
-                    .await;
-                Err(why.error(started, deadline))
+            interrupted @ Guarded::Interrupted { .. } => {
+                self.finish(interrupted, started, deadline, in_transaction)
+                    .await
             }
         }
     }
@@ -254,18 +272,8 @@ impl PgClient {
             }
             Ok(rows)
         };
-        match Self::guard(&self.cancel_token, fut, deadline, cancel).await {
-            Guarded::Done(Ok(rows)) => Ok(rows),
-            Guarded::Done(Err(e)) => Err(statement_error(0, &e)),
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, false).await;
-                Err(why.error(started, deadline))
-            }
-        }
+        let outcome = Self::guard(&self.cancel_token, fut, deadline, cancel).await;
+        self.finish(outcome, started, deadline, false).await
     }
 
     /// `COPY … FROM STDIN` (`sql`) fed with what arrives on `data` until it closes, inside an open
@@ -304,13 +312,8 @@ impl PgClient {
                 }
                 Err(err)
             }
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, true).await;
-                Err(why.error(started, deadline))
+            interrupted @ Guarded::Interrupted { .. } => {
+                self.finish(interrupted, started, deadline, true).await
             }
         }
     }
@@ -368,15 +371,64 @@ impl PgClient {
                 }
                 Err(statement_error(0, &e))
             }
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, false).await;
-                Err(why.error(started, deadline))
+            interrupted @ Guarded::Interrupted { .. } => {
+                self.finish(interrupted, started, deadline, false).await
             }
         }
+    }
+
+    /// The rows of `sql` through a cursor (`DECLARE … CURSOR FOR`, `FETCH FORWARD n`) over the simple
+    /// query protocol, `batch` rows at a time, each row's text values handed to `each`: how Redshift,
+    /// which has no `COPY … TO STDOUT`, streams a result. Needs an open transaction. Returns the bytes
+    /// of the values received.
+    pub async fn cursor_rows<F>(
+        &mut self,
+        sql: &str,
+        batch: usize,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+        mut each: F,
+    ) -> Result<u64, DbError>
+    where
+        F: FnMut(&[Option<&str>]) + Send,
+    {
+        self.usable()?;
+        let started = Instant::now();
+        if let Some(why) = already_interrupted(deadline, cancel) {
+            return Err(why.error(started, deadline));
+        }
+        let client = &self.client;
+        let fut = async move {
+            client
+                .simple_query(&format!("DECLARE cranium_rows CURSOR FOR {sql}"))
+                .await?;
+            let mut bytes = 0u64;
+            loop {
+                let messages = client
+                    .simple_query(&format!("FETCH FORWARD {batch} FROM cranium_rows"))
+                    .await?;
+                let mut n = 0;
+                for m in &messages {
+                    if let SimpleQueryMessage::Row(r) = m {
+                        n += 1;
+                        let fields: Vec<Option<&str>> = (0..r.len()).map(|i| r.get(i)).collect();
+                        bytes += fields
+                            .iter()
+                            .flatten()
+                            .map(|f| f.len() as u64 + 1)
+                            .sum::<u64>();
+                        each(&fields);
+                    }
+                }
+                if n < batch {
+                    break;
+                }
+            }
+            client.simple_query("CLOSE cranium_rows").await?;
+            Ok(bytes)
+        };
+        let outcome = Self::guard(&self.cancel_token, fut, deadline, cancel).await;
+        self.finish(outcome, started, deadline, true).await
     }
 
     /// See [`super::DbClient::run_script`].
@@ -464,18 +516,8 @@ impl PgClient {
                 Op::Execute => client.execute_typed(sql, &refs).await.map(OpResult::Count),
             }
         };
-        match Self::guard(&self.cancel_token, fut, deadline, cancel).await {
-            Guarded::Done(Ok(v)) => Ok(v),
-            Guarded::Done(Err(e)) => Err(statement_error(0, &e)),
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, false).await;
-                Err(why.error(started, deadline))
-            }
-        }
+        let outcome = Self::guard(&self.cancel_token, fut, deadline, cancel).await;
+        self.finish(outcome, started, deadline, false).await
     }
 }
 
@@ -712,6 +754,23 @@ fn uuid_text(raw: &[u8]) -> Result<String, BoxError> {
         let _ = write!(out, "{b:02x}");
     }
     Ok(out)
+}
+
+/// A text value written as one field of PostgreSQL's COPY text format (`None`: `\N`).
+pub fn copy_escape(value: Option<&str>, out: &mut Vec<u8>) {
+    let Some(v) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in v.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
 }
 
 #[cfg(test)]

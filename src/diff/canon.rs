@@ -672,6 +672,15 @@ mod tests {
     }
 
     #[test]
+    fn copy_escape_and_copy_field_round_trip() {
+        for v in [Some("a\tb\\c\nd\re"), Some(""), None, Some("\\N")] {
+            let mut out = Vec::new();
+            crate::db::postgres::copy_escape(v, &mut out);
+            assert_eq!(copy_field(&out).as_deref(), v.map(str::as_bytes), "{v:?}");
+        }
+    }
+
+    #[test]
     fn copy_fields_unescape() {
         assert_eq!(copy_field(b"\\N"), None);
         assert_eq!(copy_field(b"a\\tb\\\\c").as_deref(), Some(&b"a\tb\\c"[..]));

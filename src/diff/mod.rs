@@ -51,8 +51,10 @@ pub struct Side {
 pub struct DiffSpec {
     /// The MySQL side.
     pub source: Side,
-    /// The PostgreSQL side.
+    /// The warehouse side: PostgreSQL, or Redshift (read through a cursor: it has no `COPY … TO
+    /// STDOUT`).
     pub target: Side,
+    pub target_kind: DbKind,
     pub key: Vec<String>,
     /// Columns to compare (default: every column both sides have).
     pub columns: Option<Vec<String>>,
@@ -320,11 +322,47 @@ impl Ctx<'_> {
     fn pg_select(&self, extra: &str) -> String {
         let cols: Vec<String> = self.cols.iter().map(|c| quote_pg(&c.name)).collect();
         format!(
-            "COPY (SELECT {} FROM {}{}) TO STDOUT",
+            "SELECT {} FROM {}{}",
             cols.join(", "),
             self.pg_table(),
             self.pg_where(extra)
         )
+    }
+
+    /// Stream the target's rows of `select` as COPY text lines: `COPY (…) TO STDOUT` on PostgreSQL,
+    /// a cursor on Redshift (its text values written as COPY text lines). Returns the bytes read.
+    async fn read_target(
+        &self,
+        c: &mut PgClient,
+        select: &str,
+        mut each: impl FnMut(&[u8]) + Send,
+    ) -> Result<u64, DiffError> {
+        let read = match self.spec.target_kind {
+            DbKind::Redshift => {
+                let mut line = Vec::with_capacity(256);
+                c.cursor_rows(select, 10_000, self.deadline, self.cancel, |fields| {
+                    line.clear();
+                    for (i, f) in fields.iter().enumerate() {
+                        if i > 0 {
+                            line.push(b'\t');
+                        }
+                        crate::db::postgres::copy_escape(*f, &mut line);
+                    }
+                    each(&line);
+                })
+                .await
+            }
+            _ => {
+                c.copy_out(
+                    &format!("COPY ({select}) TO STDOUT"),
+                    self.deadline,
+                    self.cancel,
+                    each,
+                )
+                .await
+            }
+        };
+        read.map_err(|e| self.pg_err(e))
     }
 
     /// A PostgreSQL COPY line's row text (in `row`): the length of its key's part and its CRC-32.
@@ -376,6 +414,11 @@ pub async fn diff(
     if spec.key.is_empty() {
         return Err(DiffError::Config("give at least one key column".into()));
     }
+    if spec.target_kind == DbKind::Redshift && spec.target.query.is_some() {
+        return Err(DiffError::Config(
+            "a redshift target compares a table (a query side needs PostgreSQL)".into(),
+        ));
+    }
     // Connections: `threads` per side, each with the session the canonical forms need.
     let mut my = Vec::new();
     let mut pg = Vec::new();
@@ -402,11 +445,15 @@ pub async fn diff(
         .await
         .map_err(my_err)?;
         my.push(c);
-        let mut p = PgClient::connect(DbKind::Postgres, &spec.target.url, spec.connect_timeout)
+        let mut p = PgClient::connect(spec.target_kind, &spec.target.url, spec.connect_timeout)
             .await
             .map_err(pg_err)?;
         p.statement(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1; SET bytea_output = 'hex'",
+            if spec.target_kind == DbKind::Redshift {
+                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1"
+            } else {
+                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1; SET bytea_output = 'hex'"
+            },
             false,
             deadline,
             cancel,
@@ -596,6 +643,8 @@ async fn snapshots(
         .await
         .map_err(|e| cx.pg_err(e))?;
         match &exported {
+            // Redshift's transactions are serializable; it cannot export a snapshot.
+            None if cx.spec.target_kind == DbKind::Redshift => {}
             None => {
                 let rows = p
                     .simple_rows("SELECT pg_export_snapshot()", deadline, cancel)
@@ -1004,8 +1053,8 @@ async fn pg_checksums(
     let workers = clients.iter_mut().zip(ranges).map(|(c, range)| async move {
         let mut sums: HashMap<u64, (u64, u128)> = HashMap::new();
         let mut row = Vec::with_capacity(256);
-        let bytes = c
-            .copy_out(&cx.pg_select(&range), cx.deadline, cx.cancel, |line| {
+        let bytes = cx
+            .read_target(c, &cx.pg_select(&range), |line| {
                 let (key, crc) = cx.pg_hash(line, &mut row);
                 if let Some(f) = cx.fine_of(seg, line, &row[..key]) {
                     let e = sums.entry(f).or_insert((0, 0));
@@ -1013,8 +1062,7 @@ async fn pg_checksums(
                     e.1 += u128::from(crc);
                 }
             })
-            .await
-            .map_err(|e| cx.pg_err(e))?;
+            .await?;
         cx.pg_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok::<_, DiffError>(sums)
     });
@@ -1032,8 +1080,8 @@ async fn pg_checksums(
 
 /// Whether the target table has an index whose first column is the key (a query has none).
 async fn pg_key_indexed(cx: &Ctx<'_>, c: &mut PgClient) -> Result<bool, DiffError> {
-    if cx.spec.target.query.is_some() {
-        return Ok(false);
+    if cx.spec.target.query.is_some() || cx.spec.target_kind == DbKind::Redshift {
+        return Ok(false); // Redshift has no indexes
     }
     let rows = c
         .query(
@@ -1135,8 +1183,8 @@ async fn pg_rows(
             Segments::Hash { .. } => String::new(),
         };
         let mut row = Vec::new();
-        let bytes = c
-            .copy_out(&cx.pg_select(&filter), cx.deadline, cx.cancel, |line| {
+        let bytes = cx
+            .read_target(c, &cx.pg_select(&filter), |line| {
                 if let Segments::Hash { .. } = seg {
                     let (key, _) = cx.pg_hash(line, &mut row);
                     match cx.fine_of(seg, line, &row[..key]) {
@@ -1151,8 +1199,7 @@ async fn pg_rows(
                     .collect();
                 out.push((key, values));
             })
-            .await
-            .map_err(|e| cx.pg_err(e))?;
+            .await?;
         cx.pg_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     Ok(out)

@@ -181,15 +181,7 @@ fn copy_text(v: &serde_json::Value, cast: Option<&str>, out: &mut Vec<u8>) -> Re
         (serde_json::Value::Number(n), _) => n.to_string().into(),
         (other, _) => other.to_string().into(),
     };
-    for b in text.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
-    }
+    crate::db::postgres::copy_escape(Some(&text), out);
     Ok(())
 }
 

@@ -116,14 +116,9 @@ impl ValidateStep {
             super::runtime::database_target(&cx.project, &side.connection)?;
         if !want.contains(&kind) {
             return Err(StepError::config(format!(
-                "{name}: connection '{}' is a {} connection; validate compares a mysql source with a postgres target{}",
+                "{name}: connection '{}' is a {} connection; validate compares a mysql source with a postgres or redshift target",
                 side.connection,
                 kind.name(),
-                if kind == DbKind::Redshift {
-                    " (a redshift target is not supported yet: its checksums need Redshift's CRC32 in the server)"
-                } else {
-                    ""
-                }
             )));
         }
         let (table, query) = match (&side.table, &side.query) {
@@ -155,7 +150,13 @@ impl ValidateStep {
 
     async fn validate(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
         let (source, timeout) = self.side(cx, "source", &self.source, &[DbKind::MySql])?;
-        let (target, _) = self.side(cx, "target", &self.target, &[DbKind::Postgres])?;
+        let (target, _) = self.side(
+            cx,
+            "target",
+            &self.target,
+            &[DbKind::Postgres, DbKind::Redshift],
+        )?;
+        let target_kind = super::runtime::database_target(&cx.project, &self.target.connection)?.0;
         let (max_rows, max_ratio) = match &self.tolerance {
             Some(t) => t.parse().map_err(StepError::config)?,
             None => (Some(0), None),
@@ -163,6 +164,7 @@ impl ValidateStep {
         let spec = DiffSpec {
             source,
             target,
+            target_kind,
             key: self.key.iter().cloned().collect(),
             columns: self.columns.clone(),
             exclude: self.exclude_columns.clone(),
@@ -338,10 +340,14 @@ impl Step for ValidateStep {
     }
 
     fn check(&self, cx: &mut CheckCx<'_>) {
-        // What runs today: a MySQL source against a PostgreSQL target (a Redshift target needs another
-        // hash: its CRC32 is CRC-32C; see the README).
+        // A MySQL source against a PostgreSQL or Redshift target.
         self.check_side(cx, "source", &self.source, &[ConnectionKind::Mysql]);
-        self.check_side(cx, "target", &self.target, &[ConnectionKind::Postgres]);
+        self.check_side(
+            cx,
+            "target",
+            &self.target,
+            &[ConnectionKind::Postgres, ConnectionKind::Redshift],
+        );
         if self.key.0.is_empty() {
             let f = cx.field("key");
             cx.error(
