@@ -534,3 +534,49 @@ async fn query_sides_compare_what_they_select() {
     );
     drop_pair(&table).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tolerance_and_on_mismatch_warn_let_the_step_succeed() {
+    let table = unique("vt_tolerance");
+    pair(
+        &table,
+        "id INT PRIMARY KEY, v INT",
+        "id int, v int",
+        "(1, 1), (2, 2), (3, 3), (4, 4)",
+        "(1, 1), (2, 20), (3, 30), (4, 4)",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let step = |id: &str, extra: &str| {
+        format!(
+            "  - id: {id}\n    kind: validate\n    retries: 0\n    source:\n      connection: production\n      table: {table}\n    target:\n      connection: warehouse\n      table: public.{table}\n    key: id\n{extra}"
+        )
+    };
+    project(
+        dir.path(),
+        &[(
+            "verify",
+            &format!(
+                "job: verify\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n{}{}{}{}",
+                step("two_rows_allowed", "    tolerance: 2\n"),
+                step("one_row_allowed", "    tolerance: 1\n"),
+                step("half_allowed", "    tolerance: \"50%\"\n"),
+                step("warn_only", "    on_mismatch: warn\n"),
+            ),
+        )],
+    );
+    let e = engine(dir.path()).await;
+    let r = run_job(&e, "verify", day("2026-03-01")).await;
+    let state = |id: &str| {
+        r.steps
+            .iter()
+            .find(|s| s.step == id)
+            .map(|s| s.state)
+            .unwrap_or_else(|| panic!("no step {id}"))
+    };
+    assert_eq!(state("two_rows_allowed"), StepState::Success, "{r:?}");
+    assert_eq!(state("one_row_allowed"), StepState::Failed, "{r:?}");
+    assert_eq!(state("half_allowed"), StepState::Success, "{r:?}");
+    assert_eq!(state("warn_only"), StepState::Success, "{r:?}");
+    drop_pair(&table).await;
+}
