@@ -242,7 +242,9 @@ async fn missing_extra_null_versus_empty_and_duplicate_keys_are_reported_exactly
          UPDATE public.{table} SET v = '<null>' WHERE id = 600; -- NULL in MySQL
          -- a duplicate key, with another row of its segment removed so the count still matches
          INSERT INTO public.{table} VALUES (2500, 'n2500', 'v2500');
-         DELETE FROM public.{table} WHERE id = 2501;"
+         DELETE FROM public.{table} WHERE id = 2501;
+         -- a row without a key (the warehouse enforces no primary key)
+         INSERT INTO public.{table} VALUES (NULL, 'nokey', NULL);"
     ))
     .await
     .expect("seed");
@@ -274,7 +276,10 @@ async fn missing_extra_null_versus_empty_and_duplicate_keys_are_reported_exactly
                 ("600".into(), None, Some("<null>".into())),
             ]
         );
-        assert_eq!(r.differences, 7);
+        assert_eq!(r.null_keys_in_target, 1);
+        // 5,000 less 17 and 2501, plus 9999, the duplicate and the keyless row.
+    assert_eq!((r.source_rows, r.target_rows), (5000, 5001));
+        assert_eq!(r.differences, 8);
         assert!(r.source_bytes > 0 && r.target_bytes > 0);
     }
     drop_pair(&table).await;

@@ -98,6 +98,8 @@ pub struct Report {
     pub differing: Vec<DifferingRow>,
     /// Keys the target holds more than once.
     pub duplicate_keys_in_target: Vec<Vec<String>>,
+    /// Target rows whose key is NULL (the warehouse enforces no primary key).
+    pub null_keys_in_target: u64,
     /// Rows that differ in any way (the sum of the four lists).
     pub differences: u64,
     pub segments: u64,
@@ -117,7 +119,7 @@ impl Report {
     /// A few lines for a log or an alert.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} differences: {} rows in the source, {} in the target; {} missing in the target, {} only in the target, {} differing, {} duplicate keys in the target ({:.1} s, {} + {} bytes read)",
+            "{} differences: {} rows in the source, {} in the target; {} missing in the target, {} only in the target, {} differing, {} duplicate keys in the target{} ({:.1} s, {} + {} bytes read)",
             self.differences,
             self.source_rows,
             self.target_rows,
@@ -125,6 +127,11 @@ impl Report {
             self.only_in_target.len(),
             self.differing.len(),
             self.duplicate_keys_in_target.len(),
+            if self.null_keys_in_target > 0 {
+                format!(", {} NULL keys in the target", self.null_keys_in_target)
+            } else {
+                String::new()
+            },
             self.seconds,
             self.source_bytes,
             self.target_bytes,
@@ -475,57 +482,32 @@ pub async fn diff(
     cx.cols = columns(&cx, &mut my[0], &mut pg[0]).await?;
     snapshots(&cx, &mut my, &mut pg).await?;
 
-    // 1. Counts, and the bounds of an integer key.
+    // 1. The plan: the key's bounds and how many rows to expect, on both sides at once. The
+    // statistics size the segments (an exact COUNT(*) only for small tables and queries); the exact
+    // counts come out of the segment checksums, so no side is scanned just to count it.
     let int_key = cx.nkeys == 1 && cx.cols[0].canon == Canon::Int;
-    let key0 = &cx.cols[0].name;
-    let my_counts = my[0]
-        .query(
-            &format!(
-                "SELECT COUNT(*) AS n, CAST(MIN({k}) AS CHAR) AS lo, CAST(MAX({k}) AS CHAR) AS hi FROM {}{}",
-                cx.my_table(),
-                cx.my_where(""),
-                k = quote_my(key0)
-            ),
-            &[],
-            deadline,
-            cancel,
-        )
-        .await
-        .map_err(|e| cx.my_err(e))?;
-    let pg_counts = pg[0]
-        .simple_rows(
-            &format!(
-                "SELECT count(*)::text, min({k})::text, max({k})::text FROM {}{}",
-                cx.pg_table(),
-                cx.pg_where(""),
-                k = quote_pg(key0)
-            ),
-            deadline,
-            cancel,
-        )
-        .await
-        .map_err(|e| cx.pg_err(e))?;
-    let first = my_counts.first();
-    let source_rows = first
-        .and_then(|r| r.get("n"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    let pg_row = pg_counts.first().cloned().unwrap_or_default();
-    let pg_field = |i: usize| pg_row.get(i).cloned().flatten();
-    let target_rows: u64 = pg_field(0).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let bound = |v: Option<String>| v.and_then(|s| s.parse::<i128>().ok());
-    let rows = source_rows.max(target_rows).max(1);
+    let (my_plan, pg_plan) = {
+        let (m, p) = (&mut my[0], &mut pg[0]);
+        tokio::join!(plan_source(&cx, m, int_key), plan_target(&cx, p, int_key))
+    };
+    let (my_plan, pg_plan) = (my_plan?, pg_plan?);
+    let rows = my_plan.rows.max(pg_plan.rows).max(1);
     let fine_n = rows
         .div_ceil(spec.segment_rows.unwrap_or(FINE_ROWS).max(1))
         .max(1);
     let seg = if int_key {
-        // The bounds of both sides: (MySQL's, PostgreSQL's) lowest and highest key.
-        let both = |name: &str, i: usize| {
-            let my = bound(text(first.and_then(|r| r.get(name))));
-            [my, bound(pg_field(i))].into_iter().flatten()
-        };
-        let lo = both("lo", 1).min().unwrap_or(0);
-        let hi = both("hi", 2).max().unwrap_or(0) + 1;
+        // The bounds of both sides.
+        let lo = [my_plan.lo, pg_plan.lo]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
+        let hi = [my_plan.hi, pg_plan.hi]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+            + 1;
         let step = ((hi - lo) / fine_n as i128).max(1);
         let fine = ((hi - lo) + step - 1) / step;
         Segments::Ranges {
@@ -546,7 +528,11 @@ pub async fn diff(
         my_checksums(&cx, &seg, &mut my, coarse_count),
         pg_checksums(&cx, &seg, &mut pg)
     );
-    let (my_sums, (pg_sums, target_streams)) = (my_sums?, pg_sums?);
+    let (my_sums, (pg_sums, target_streams, unplaced)) = (my_sums?, pg_sums?);
+    // The exact counts: every row falls in one segment (the target's rows without a key in none).
+    let source_rows: u64 = my_sums.values().map(|(n, _)| n).sum();
+    let null_keys = unplaced + pg_plan.null_keys;
+    let target_rows: u64 = pg_sums.values().map(|(n, _)| n).sum::<u64>() + null_keys;
 
     // 3. Bisect the coarse segments that differ into fine ones.
     let mut suspect_fine: BTreeSet<u64> = BTreeSet::new();
@@ -612,10 +598,12 @@ pub async fn diff(
         let target = pg_rows(&cx, &seg, &mut pg[0], &suspects).await?;
         compare_rows(&cx, source, target, &mut report);
     }
+    report.null_keys_in_target = null_keys;
     report.differences = (report.missing_in_target.len()
         + report.only_in_target.len()
         + report.differing.len()
-        + report.duplicate_keys_in_target.len()) as u64;
+        + report.duplicate_keys_in_target.len()) as u64
+        + null_keys;
     report.equal = report.differences == 0 && source_rows == target_rows;
     report.seconds = started.elapsed().as_secs_f64();
     report.source_bytes = cx.my_bytes.load(Ordering::Relaxed);
@@ -1027,7 +1015,7 @@ async fn pg_checksums(
     cx: &Ctx<'_>,
     seg: &Segments,
     clients: &mut [PgClient],
-) -> Result<(HashMap<u64, (u64, u128)>, u64), DiffError> {
+) -> Result<(HashMap<u64, (u64, u128)>, u64, u64), DiffError> {
     let ranges: Vec<String> = match seg {
         // One stream per connection, each over its own key range, when an index serves the ranges;
         // otherwise every range would be a full scan, so one scan streams it all.
@@ -1053,29 +1041,192 @@ async fn pg_checksums(
     let workers = clients.iter_mut().zip(ranges).map(|(c, range)| async move {
         let mut sums: HashMap<u64, (u64, u128)> = HashMap::new();
         let mut row = Vec::with_capacity(256);
+        let mut unplaced = 0u64;
         let bytes = cx
             .read_target(c, &cx.pg_select(&range), |line| {
                 let (key, crc) = cx.pg_hash(line, &mut row);
-                if let Some(f) = cx.fine_of(seg, line, &row[..key]) {
-                    let e = sums.entry(f).or_insert((0, 0));
-                    e.0 += 1;
-                    e.1 += u128::from(crc);
+                match cx.fine_of(seg, line, &row[..key]) {
+                    Some(f) => {
+                        let e = sums.entry(f).or_insert((0, 0));
+                        e.0 += 1;
+                        e.1 += u128::from(crc);
+                    }
+                    None => unplaced += 1, // a NULL key
                 }
             })
             .await?;
         cx.pg_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok::<_, DiffError>(sums)
+        Ok::<_, DiffError>((sums, unplaced))
     });
     let parts = futures::future::try_join_all(workers).await?;
     let mut all: HashMap<u64, (u64, u128)> = HashMap::new();
-    for part in parts {
+    let mut unplaced = 0;
+    for (part, u) in parts {
+        unplaced += u;
         for (f, (n, s)) in part {
             let e = all.entry(f).or_insert((0, 0));
             e.0 += n;
             e.1 += s;
         }
     }
-    Ok((all, streams))
+    Ok((all, streams, unplaced))
+}
+
+/// What a side's plan needs: the integer key's bounds, a row estimate (exact when counted), and (on
+/// the target, read by key ranges) its rows with a NULL key.
+#[derive(Debug, Default)]
+struct Plan {
+    lo: Option<i128>,
+    hi: Option<i128>,
+    rows: u64,
+    null_keys: u64,
+}
+
+/// Below this many rows by the statistics, a side is counted exactly (cheap, and fresh tables'
+/// statistics say little).
+const COUNT_BELOW: u64 = 100_000;
+
+fn int_of(v: Option<String>) -> Option<i128> {
+    v.and_then(|s| s.parse().ok())
+}
+
+async fn plan_source(cx: &Ctx<'_>, my: &mut MyClient, int_key: bool) -> Result<Plan, DiffError> {
+    let (deadline, cancel) = (cx.deadline, cx.cancel);
+    let mut plan = Plan::default();
+    let k = quote_my(&cx.cols[0].name);
+    if int_key {
+        let rows = my
+            .query(
+                &format!(
+                    "SELECT CAST(MIN({k}) AS CHAR) AS lo, CAST(MAX({k}) AS CHAR) AS hi FROM {}{}",
+                    cx.my_table(),
+                    cx.my_where("")
+                ),
+                &[],
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.my_err(e))?;
+        plan.lo = int_of(text(rows.first().and_then(|r| r.get("lo"))));
+        plan.hi = int_of(text(rows.first().and_then(|r| r.get("hi"))));
+    }
+    if cx.spec.source.query.is_none() {
+        let (schema, table) = match cx.spec.source.table.split_once('.') {
+            Some((s, t)) => (J::from(s), t.to_string()),
+            None => (J::Null, cx.spec.source.table.clone()),
+        };
+        let rows = my
+            .query(
+                "SELECT CAST(TABLE_ROWS AS SIGNED) AS n FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                &[schema, table.into()],
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.my_err(e))?;
+        plan.rows = rows
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+    }
+    if plan.rows < COUNT_BELOW {
+        let rows = my
+            .query(
+                &format!(
+                    "SELECT COUNT(*) AS n FROM {}{}",
+                    cx.my_table(),
+                    cx.my_where("")
+                ),
+                &[],
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.my_err(e))?;
+        plan.rows = rows
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+    }
+    Ok(plan)
+}
+
+async fn plan_target(cx: &Ctx<'_>, pg: &mut PgClient, int_key: bool) -> Result<Plan, DiffError> {
+    let (deadline, cancel) = (cx.deadline, cx.cancel);
+    let mut plan = Plan::default();
+    let k = quote_pg(&cx.cols[0].name);
+    let first = |rows: Vec<Vec<Option<String>>>, i: usize| {
+        rows.first().and_then(|r| r.get(i).cloned()).flatten()
+    };
+    if int_key {
+        let rows = pg
+            .simple_rows(
+                &format!(
+                    "SELECT min({k})::text, max({k})::text FROM {}{}",
+                    cx.pg_table(),
+                    cx.pg_where("")
+                ),
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.pg_err(e))?;
+        plan.lo = int_of(first(rows.clone(), 0));
+        plan.hi = int_of(first(rows, 1));
+        // Rows without a key fall in no key range; an index finds them at once (without one, the
+        // single scan counts them).
+        if pg_key_indexed(cx, pg).await? {
+            let rows = pg
+                .simple_rows(
+                    &format!(
+                        "SELECT count(*)::text FROM {}{}",
+                        cx.pg_table(),
+                        cx.pg_where(&format!("{k} IS NULL"))
+                    ),
+                    deadline,
+                    cancel,
+                )
+                .await
+                .map_err(|e| cx.pg_err(e))?;
+            plan.null_keys = first(rows, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    if cx.spec.target.query.is_none() && cx.spec.target_kind == DbKind::Postgres {
+        let rows = pg
+            .query(
+                "SELECT greatest(reltuples, 0)::bigint AS n FROM pg_class WHERE oid = to_regclass($1)",
+                &[J::from(cx.pg_table())],
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.pg_err(e))?;
+        plan.rows = rows
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+    }
+    if plan.rows < COUNT_BELOW {
+        let rows = pg
+            .simple_rows(
+                &format!(
+                    "SELECT count(*)::text FROM {}{}",
+                    cx.pg_table(),
+                    cx.pg_where("")
+                ),
+                deadline,
+                cancel,
+            )
+            .await
+            .map_err(|e| cx.pg_err(e))?;
+        plan.rows = first(rows, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
+    }
+    Ok(plan)
 }
 
 /// Whether the target table has an index whose first column is the key (a query has none).
