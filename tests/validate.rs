@@ -278,7 +278,7 @@ async fn missing_extra_null_versus_empty_and_duplicate_keys_are_reported_exactly
         );
         assert_eq!(r.null_keys_in_target, 1);
         // 5,000 less 17 and 2501, plus 9999, the duplicate and the keyless row.
-    assert_eq!((r.source_rows, r.target_rows), (5000, 5001));
+        assert_eq!((r.source_rows, r.target_rows), (5000, 5001));
         assert_eq!(r.differences, 8);
         assert!(r.source_bytes > 0 && r.target_bytes > 0);
     }
