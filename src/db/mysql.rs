@@ -123,6 +123,33 @@ impl MyClient {
     }
 
     /// After an interrupt: roll back (when in a transaction) or give the connection up.
+    /// A guarded call outside a transaction: its value, its statement error (a lost connection is
+    /// given up), or (after the cleanup) the interrupt.
+    async fn finish<T>(
+        &mut self,
+        outcome: Guarded<T>,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<T, DbError> {
+        match outcome {
+            Guarded::Done(Ok(v)) => Ok(v),
+            Guarded::Done(Err(e)) => {
+                if matches!(e, mysql_async::Error::Io(_)) {
+                    self.give_up("the connection was lost during a statement");
+                }
+                Err(statement_error(0, e))
+            }
+            Guarded::Interrupted {
+                why,
+                stopped,
+                budget_end,
+            } => {
+                self.after_interrupt(stopped, budget_end, false).await;
+                Err(why.error(started, deadline))
+            }
+        }
+    }
+
     async fn after_interrupt(&mut self, stopped: bool, budget_end: Instant, in_transaction: bool) {
         if !stopped {
             self.give_up("a query cancelled by a deadline or cancellation did not stop in time");
@@ -259,37 +286,24 @@ impl MyClient {
             result.drop_result().await?;
             Ok((n, last, closed))
         };
-        match Self::guard(&self.opts, self.id, fut, deadline, cancel).await {
-            Guarded::Done(Ok((_, _, true))) => Err(DbError::Other(
+        let outcome = Self::guard(&self.opts, self.id, fut, deadline, cancel).await;
+        match self.finish(outcome, started, deadline).await? {
+            (_, _, true) => Err(DbError::Other(
                 "the receiver of the rows stopped".to_string(),
             )),
-            Guarded::Done(Ok((n, last, false))) => Ok((n, last)),
-            Guarded::Done(Err(e)) => {
-                if matches!(e, mysql_async::Error::Io(_)) {
-                    self.give_up("the connection was lost during a statement");
-                }
-                Err(statement_error(0, e))
-            }
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, false).await;
-                Err(why.error(started, deadline))
-            }
+            (n, last, false) => Ok((n, last)),
         }
     }
 
-    /// The columns of `table` (in `schema`, or the connection's database for null) that hold JSON:
+    /// The columns of table `name` (`db.table`, or `table` in the connection's database) that hold JSON:
     /// type JSON, or (MariaDB, which stores JSON as LONGTEXT) checked with `json_valid`.
     pub async fn json_columns(
         &mut self,
-        schema: J,
-        table: &str,
+        name: &str,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<Vec<String>, DbError> {
+        let (schema, table) = schema_and_table(name);
         let rows = self
             .query(
                 "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS \
@@ -404,23 +418,8 @@ impl MyClient {
                 }
             }
         };
-        match Self::guard(&self.opts, self.id, fut, deadline, cancel).await {
-            Guarded::Done(Ok(v)) => Ok(v),
-            Guarded::Done(Err(e)) => {
-                if matches!(e, mysql_async::Error::Io(_)) {
-                    self.give_up("the connection was lost during a statement");
-                }
-                Err(statement_error(0, e))
-            }
-            Guarded::Interrupted {
-                why,
-                stopped,
-                budget_end,
-            } => {
-                self.after_interrupt(stopped, budget_end, false).await;
-                Err(why.error(started, deadline))
-            }
-        }
+        let outcome = Self::guard(&self.opts, self.id, fut, deadline, cancel).await;
+        self.finish(outcome, started, deadline).await
     }
 }
 
@@ -524,6 +523,15 @@ fn row_to_json(row: Row) -> Map<String, J> {
         map.insert(column.name_str().into_owned(), value_to_json(column, value));
     }
     map
+}
+
+/// `db.table` → (`db`, `table`); `table` → (null: the connection's database, `table`), as the
+/// parameters of an `information_schema` query (`COALESCE(?, DATABASE())`).
+pub fn schema_and_table(name: &str) -> (J, &str) {
+    match name.split_once('.') {
+        Some((s, t)) => (J::from(s), t),
+        None => (J::Null, name),
+    }
 }
 
 /// Rows as they came off the wire, for callers that encode them without building JSON objects.

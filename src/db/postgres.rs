@@ -148,6 +148,21 @@ impl PgClient {
         }
     }
 
+    /// The start of a call: the connection is usable and neither the deadline nor the token has
+    /// already stopped it. Returns when the call started.
+    fn ready(
+        &self,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<Instant, DbError> {
+        self.usable()?;
+        let started = Instant::now();
+        match already_interrupted(deadline, cancel) {
+            Some(why) => Err(why.error(started, deadline)),
+            None => Ok(started),
+        }
+    }
+
     /// A guarded call's result: its value, its statement error, or (after the cleanup) the interrupt.
     async fn finish<T>(
         &mut self,
@@ -257,11 +272,7 @@ impl PgClient {
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Vec<Option<String>>>, DbError> {
-        self.usable()?;
-        let started = Instant::now();
-        if let Some(why) = already_interrupted(deadline, cancel) {
-            return Err(why.error(started, deadline));
-        }
+        let started = self.ready(deadline, cancel)?;
         let client = &self.client;
         let fut = async move {
             let mut rows = Vec::new();
@@ -331,11 +342,7 @@ impl PgClient {
         F: FnMut(&[u8]) + Send,
     {
         use futures::StreamExt;
-        self.usable()?;
-        let started = Instant::now();
-        if let Some(why) = already_interrupted(deadline, cancel) {
-            return Err(why.error(started, deadline));
-        }
+        let started = self.ready(deadline, cancel)?;
         let client = &self.client;
         let fut = async move {
             let stream = client.copy_out(sql).await?;
@@ -377,6 +384,34 @@ impl PgClient {
         }
     }
 
+    /// The columns of table `name` (`schema.table`, or `table` in `public`): names and data types, in
+    /// order; empty when there is no such table.
+    pub async fn columns(
+        &mut self,
+        name: &str,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let (schema, table) = schema_and_table(name);
+        let rows = self
+            .query(
+                "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns \
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[schema.into(), table.into()],
+                deadline,
+                cancel,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let c = r.get("c")?.as_str()?.to_string();
+                let t = r.get("t")?.as_str()?.to_string();
+                Some((c, t))
+            })
+            .collect())
+    }
+
     /// The rows of `sql` through a cursor (`DECLARE … CURSOR FOR`, `FETCH FORWARD n`) over the simple
     /// query protocol, `batch` rows at a time, each row's text values handed to `each`: how Redshift,
     /// which has no `COPY … TO STDOUT`, streams a result. Needs an open transaction. Returns the bytes
@@ -392,11 +427,7 @@ impl PgClient {
     where
         F: FnMut(&[Option<&str>]) + Send,
     {
-        self.usable()?;
-        let started = Instant::now();
-        if let Some(why) = already_interrupted(deadline, cancel) {
-            return Err(why.error(started, deadline));
-        }
+        let started = self.ready(deadline, cancel)?;
         let client = &self.client;
         let fut = async move {
             client
@@ -499,11 +530,7 @@ impl PgClient {
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<OpResult, DbError> {
-        self.usable()?;
-        let started = Instant::now();
-        if let Some(why) = already_interrupted(deadline, cancel) {
-            return Err(why.error(started, deadline));
-        }
+        let started = self.ready(deadline, cancel)?;
         let owned = bind_params(params);
         let refs: Vec<(&(dyn ToSql + Sync), Type)> = owned
             .iter()
@@ -754,6 +781,11 @@ fn uuid_text(raw: &[u8]) -> Result<String, BoxError> {
         let _ = write!(out, "{b:02x}");
     }
     Ok(out)
+}
+
+/// `schema.table` → (`schema`, `table`); `table` → (`public`, `table`).
+pub fn schema_and_table(name: &str) -> (&str, &str) {
+    name.split_once('.').unwrap_or(("public", name))
 }
 
 /// A text value written as one field of PostgreSQL's COPY text format (`None`: `\N`).

@@ -758,24 +758,21 @@ async fn my_table_columns(
     my: &mut MyClient,
 ) -> Result<(Vec<serde_json::Map<String, J>>, Vec<String>), DiffError> {
     let source = &cx.spec.source.table;
-    let (schema, table) = match source.split_once('.') {
-        Some((s, t)) => (J::from(s), t.to_string()),
-        None => (J::Null, source.clone()),
-    };
+    let (schema, table) = crate::db::mysql::schema_and_table(source);
     let cols = my
         .query(
             "SELECT COLUMN_NAME AS name, DATA_TYPE AS dt, COLUMN_TYPE AS ct, \
              CAST(NUMERIC_SCALE AS SIGNED) AS scale, CAST(DATETIME_PRECISION AS SIGNED) AS fsp, \
              CHARACTER_SET_NAME AS cs FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            &[schema.clone(), table.clone().into()],
+            &[schema, table.into()],
             cx.deadline,
             cx.cancel,
         )
         .await
         .map_err(|e| cx.my_err(e))?;
     let json = my
-        .json_columns(schema, &table, cx.deadline, cx.cancel)
+        .json_columns(source, cx.deadline, cx.cancel)
         .await
         .map_err(|e| cx.my_err(e))?;
     Ok((cols, json))
@@ -852,56 +849,46 @@ async fn my_query_columns(
 /// The target's column names (a table's, or a query's through a temporary view).
 async fn pg_columns(cx: &Ctx<'_>, pg: &mut PgClient) -> Result<Vec<String>, DiffError> {
     let (deadline, cancel) = (cx.deadline, cx.cancel);
-    let (sql, params): (&str, Vec<J>) = match &cx.spec.target.query {
-        None => {
-            let target = &cx.spec.target.table;
-            let (schema, table) = match target.split_once('.') {
-                Some((s, t)) => (s.to_string(), t.to_string()),
-                None => ("public".to_string(), target.clone()),
-            };
-            (
-                "SELECT column_name::text AS c FROM information_schema.columns \
-                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-                vec![schema.into(), table.into()],
-            )
-        }
-        Some(q) => {
-            pg.statement(
-                &format!(
-                    "CREATE OR REPLACE TEMP VIEW cranium_diff_probe AS {}",
-                    trim_query(q)
-                ),
-                false,
-                deadline,
-                cancel,
-            )
+    let Some(q) = &cx.spec.target.query else {
+        let cols = pg
+            .columns(&cx.spec.target.table, deadline, cancel)
             .await
             .map_err(|e| cx.pg_err(e))?;
-            (
-                "SELECT column_name::text AS c FROM information_schema.columns \
-                 WHERE table_schema = pg_my_temp_schema()::regnamespace::text \
-                 AND table_name = 'cranium_diff_probe' ORDER BY ordinal_position",
-                Vec::new(),
-            )
-        }
+        return Ok(cols.into_iter().map(|(c, _)| c).collect());
     };
+    pg.statement(
+        &format!(
+            "CREATE OR REPLACE TEMP VIEW cranium_diff_probe AS {}",
+            trim_query(q)
+        ),
+        false,
+        deadline,
+        cancel,
+    )
+    .await
+    .map_err(|e| cx.pg_err(e))?;
     let cols = pg
-        .query(sql, &params, deadline, cancel)
+        .query(
+            "SELECT column_name::text AS c FROM information_schema.columns \
+             WHERE table_schema = pg_my_temp_schema()::regnamespace::text \
+             AND table_name = 'cranium_diff_probe' ORDER BY ordinal_position",
+            &[],
+            deadline,
+            cancel,
+        )
         .await
         .map_err(|e| cx.pg_err(e))?
         .iter()
         .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
         .collect();
-    if cx.spec.target.query.is_some() {
-        pg.statement(
-            "DROP VIEW IF EXISTS cranium_diff_probe",
-            false,
-            deadline,
-            cancel,
-        )
-        .await
-        .map_err(|e| cx.pg_err(e))?;
-    }
+    pg.statement(
+        "DROP VIEW IF EXISTS cranium_diff_probe",
+        false,
+        deadline,
+        cancel,
+    )
+    .await
+    .map_err(|e| cx.pg_err(e))?;
     Ok(cols)
 }
 
@@ -951,15 +938,11 @@ async fn my_checksums(
                             .await
                             .map_err(|e| cx.my_err(e))?;
                         cx.my_bytes.fetch_add(32, Ordering::Relaxed);
-                        let n = rows
-                            .first()
-                            .and_then(|r| r.get("n"))
-                            .and_then(|v| v.as_u64());
                         let s = rows
                             .first()
                             .and_then(|r| text(r.get("s")))
                             .and_then(|s| s.parse::<u128>().ok());
-                        out.insert(i, (n.unwrap_or(0), s.unwrap_or(0)));
+                        out.insert(i, (first_u64(&rows, "n"), s.unwrap_or(0)));
                     }
                 }
             });
@@ -1086,6 +1069,14 @@ struct Plan {
 /// statistics say little).
 const COUNT_BELOW: u64 = 100_000;
 
+/// Column `name` of the first row, as a count.
+fn first_u64(rows: &[serde_json::Map<String, J>], name: &str) -> u64 {
+    rows.first()
+        .and_then(|r| r.get(name))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
 fn int_of(v: Option<String>) -> Option<i128> {
     v.and_then(|s| s.parse().ok())
 }
@@ -1112,10 +1103,7 @@ async fn plan_source(cx: &Ctx<'_>, my: &mut MyClient, int_key: bool) -> Result<P
         plan.hi = int_of(text(rows.first().and_then(|r| r.get("hi"))));
     }
     if cx.spec.source.query.is_none() {
-        let (schema, table) = match cx.spec.source.table.split_once('.') {
-            Some((s, t)) => (J::from(s), t.to_string()),
-            None => (J::Null, cx.spec.source.table.clone()),
-        };
+        let (schema, table) = crate::db::mysql::schema_and_table(&cx.spec.source.table);
         let rows = my
             .query(
                 "SELECT CAST(TABLE_ROWS AS SIGNED) AS n FROM information_schema.TABLES \
@@ -1126,11 +1114,7 @@ async fn plan_source(cx: &Ctx<'_>, my: &mut MyClient, int_key: bool) -> Result<P
             )
             .await
             .map_err(|e| cx.my_err(e))?;
-        plan.rows = rows
-            .first()
-            .and_then(|r| r.get("n"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        plan.rows = first_u64(&rows, "n");
     }
     if plan.rows < COUNT_BELOW {
         let rows = my
@@ -1146,11 +1130,7 @@ async fn plan_source(cx: &Ctx<'_>, my: &mut MyClient, int_key: bool) -> Result<P
             )
             .await
             .map_err(|e| cx.my_err(e))?;
-        plan.rows = rows
-            .first()
-            .and_then(|r| r.get("n"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        plan.rows = first_u64(&rows, "n");
     }
     Ok(plan)
 }
@@ -1205,11 +1185,7 @@ async fn plan_target(cx: &Ctx<'_>, pg: &mut PgClient, int_key: bool) -> Result<P
             )
             .await
             .map_err(|e| cx.pg_err(e))?;
-        plan.rows = rows
-            .first()
-            .and_then(|r| r.get("n"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        plan.rows = first_u64(&rows, "n");
     }
     if plan.rows < COUNT_BELOW {
         let rows = pg

@@ -318,10 +318,7 @@ impl MysqlToS3Step {
         let keys: Vec<String> = match (&self.key, &self.table) {
             (Some(k), _) => k.iter().cloned().collect(),
             (None, Some(t)) => {
-                let (schema, table) = match t.split_once('.') {
-                    Some((s, t)) => (serde_json::Value::from(s), t),
-                    None => (serde_json::Value::Null, t.as_str()),
-                };
+                let (schema, table) = crate::db::mysql::schema_and_table(t);
                 let rows = db
                     .query(
                         "SELECT COLUMN_NAME AS c FROM information_schema.KEY_COLUMN_USAGE \
@@ -347,15 +344,10 @@ impl MysqlToS3Step {
         }
         // JSON columns (MariaDB stores them as LONGTEXT with a json_valid check) export as JSON.
         let json_columns: Vec<String> = match &self.table {
-            Some(t) => {
-                let (schema, table) = match t.split_once('.') {
-                    Some((s, t)) => (serde_json::Value::from(s), t),
-                    None => (serde_json::Value::Null, t.as_str()),
-                };
-                db.json_columns(schema, table, deadline, cancel)
-                    .await
-                    .map_err(db_error)?
-            }
+            Some(t) => db
+                .json_columns(t, deadline, cancel)
+                .await
+                .map_err(db_error)?,
             None => Vec::new(),
         };
         let mut filter = Vec::new();

@@ -367,29 +367,16 @@ impl S3ToRedshiftStep {
         }
 
         // The target and its columns.
-        let (schema, table) = match self.target.split_once('.') {
-            Some((s, t)) => (s.to_string(), t.to_string()),
-            None => ("public".to_string(), self.target.clone()),
-        };
+        let (schema, table) = crate::db::postgres::schema_and_table(&self.target);
         let cols = db
-            .query(
-                "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns \
-                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-                &[schema.clone().into(), table.clone().into()],
-                deadline,
-                cancel,
-            )
+            .columns(&self.target, deadline, cancel)
             .await
             .map_err(pg_error)?;
-        let existing: Vec<String> = cols
-            .iter()
-            .filter_map(|r| r.get("c").and_then(|c| c.as_str()).map(str::to_string))
-            .collect();
+        let existing: Vec<String> = cols.iter().map(|(c, _)| c.clone()).collect();
         let bin_type = |c: &str| {
             cols.iter()
-                .find(|r| r.get("c").and_then(|v| v.as_str()) == Some(c))
-                .and_then(|r| r.get("t").and_then(|v| v.as_str()))
-                .and_then(BinType::of)
+                .find(|(name, _)| name == c)
+                .and_then(|(_, t)| BinType::of(t))
         };
         if existing.is_empty() {
             return Err(StepError::config(format!(
