@@ -153,26 +153,11 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     // The whole job again: the export rewrites the same object, the load skips it.
     let r = run(&e, day("2026-03-01")).await;
     assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
-    let n: i64 = db
-        .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n: i64 = pg_count(&format!("SELECT count(*) FROM public.{table}")).await;
     assert_eq!(n, 2, "a rerun adds nothing");
-    let n: i64 = db
-        .query_one(&format!("SELECT count(*) FROM public.{table}_csv"), &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n: i64 = pg_count(&format!("SELECT count(*) FROM public.{table}_csv")).await;
     assert_eq!(n, 2, "a rerun of the csv load adds nothing");
-    let tracked: i64 = db
-        .query_one(
-            "SELECT count(*) FROM cranium_loaded_objects WHERE target = $1",
-            &[&format!("public.{table}")],
-        )
-        .await
-        .expect("tracked")
-        .get(0);
+    let tracked = loaded_objects(&format!("public.{table}")).await;
     assert_eq!(tracked, 1);
     my.query_drop(format!("DROP TABLE {table}"))
         .await
@@ -307,11 +292,7 @@ async fn merge_keeps_the_latest_replace_interval_replaces_and_a_bad_line_changes
     );
     let r = run(&e, day("2026-03-01")).await;
     assert_eq!(state(&r, "load"), StepState::Success, "{r:?}");
-    let n: i64 = db
-        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n: i64 = pg_count(&format!("SELECT count(*) FROM public.{t}")).await;
     assert_eq!(n, 4, "replace_interval reruns replace, never add");
     db.batch_execute(&format!("DROP TABLE public.{t}"))
         .await
@@ -400,11 +381,7 @@ async fn a_load_killed_mid_copy_leaves_nothing_and_the_rerun_completes() {
     // The server notices the dropped connection and rolls the transaction back.
     let mut n: i64 = -1;
     for _ in 0..100 {
-        n = db
-            .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
-            .await
-            .expect("count")
-            .get(0);
+        n = pg_count(&format!("SELECT count(*) FROM public.{t}")).await;
         let open: i64 = db
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1",
@@ -506,20 +483,9 @@ async fn the_redshift_dialect_writes_its_manifest_and_rolls_back_a_failed_copy()
     let j = get(".jsonpaths").await;
     assert_eq!(j, serde_json::json!({"jsonpaths": ["$['ID']", "$['v']"]}));
     // Nothing was loaded or recorded.
-    let n: i64 = db
-        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n: i64 = pg_count(&format!("SELECT count(*) FROM public.{t}")).await;
     assert_eq!(n, 0);
-    let tracked: i64 = db
-        .query_one(
-            "SELECT count(*) FROM cranium_loaded_objects WHERE target = $1",
-            &[&format!("public.{t}")],
-        )
-        .await
-        .expect("tracked")
-        .get(0);
+    let tracked = loaded_objects(&format!("public.{t}")).await;
     assert_eq!(tracked, 0);
     db.batch_execute(&format!("DROP TABLE public.{t}"))
         .await

@@ -246,3 +246,21 @@ pub async fn mysql() -> mysql_async::Conn {
         .expect("session");
     c
 }
+
+/// The count a query of one `bigint` returns (e.g. `SELECT count(*) FROM t`).
+pub async fn pg_count(sql: &str) -> i64 {
+    pg().await
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// How many objects `cranium_loaded_objects` records as loaded into `target`.
+pub async fn loaded_objects(target: &str) -> i64 {
+    pg_count(&format!(
+        "SELECT count(*) FROM cranium_loaded_objects WHERE target = '{}'",
+        target.replace('\'', "''")
+    ))
+    .await
+}
