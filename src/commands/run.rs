@@ -77,6 +77,18 @@ fn load_runnable(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked,
     Ok(c)
 }
 
+/// A command's async runtime and metadata store (what failed is printed; the exit code returned).
+fn runtime_and_store(
+    c: &Checked,
+    err: &mut dyn Write,
+) -> Result<(tokio::runtime::Runtime, Store), i32> {
+    let Some(rt) = runtime(err) else {
+        return Err(EXIT_FAILED);
+    };
+    let store = rt.block_on(open_store(c, err))?;
+    Ok((rt, store))
+}
+
 async fn open_store(c: &Checked, err: &mut dyn Write) -> Result<Store, i32> {
     match Store::open(&c.project.state_url, &c.project.root).await {
         Ok(s) => Ok(s),
@@ -318,14 +330,11 @@ pub fn run(
             }
         }
     };
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         if let Err(e) = store
             .recover_stale(
                 args.selection
@@ -403,14 +412,11 @@ pub fn backfill(
         let _ = writeln!(err, "error: --to must be after --from");
         return EXIT_USAGE;
     }
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         if !args.dry_run {
             match store
                 .recover_stale(
@@ -596,14 +602,11 @@ pub fn runs(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let filter = RunFilter {
             job: job.map(|s| s.to_string()),
             state,
@@ -687,14 +690,11 @@ pub fn lag(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let rows = match store.consumer_lag(job).await {
             Ok(r) => r,
             Err(e) => {
@@ -783,14 +783,11 @@ pub fn logs(
         let _ = writeln!(err, "error: no interval of '{job}' contains {at}");
         return EXIT_USAGE;
     };
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let mut printed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         loop {
             let attempts = match store.attempts(job, interval.start, step).await {
@@ -869,14 +866,11 @@ pub fn clear(
         (Ok(f), Ok(t)) => (f, t),
         (Err(code), _) | (_, Err(code)) => return code,
     };
-    let Some(rt) = runtime(err) else {
-        return EXIT_FAILED;
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
-        let store = match open_store(&c, err).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let eng = engine(&c, store.clone(), LogFormat::Text);
         let opts = RunOptions { steps: steps.to_vec(), downstream, ..RunOptions::default() };
         let selected = match eng.select(j, &opts) {
