@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod check;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod dag;
 pub mod db;
 pub mod diag;

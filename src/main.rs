@@ -160,6 +160,54 @@ enum Command {
         /// Print what would run, and run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Store the backfill for the daemon instead of running it here: it survives this shell,
+        /// obeys the daemon's pools, and `cranium requests` follows or cancels it.
+        #[arg(long)]
+        submit: bool,
+        /// With --submit: the rank of its steps when steps wait for slots (default -1000, below
+        /// every scheduled run).
+        #[arg(long, requires = "submit", allow_hyphen_values = true)]
+        priority: Option<i32>,
+    },
+    /// Run the scheduler: every job on its schedule, requests from the command line, hot reload;
+    /// stops cleanly on SIGTERM/SIGINT (a second signal cancels running steps at once).
+    #[command(
+        after_help = "Examples:\n  cranium daemon\n  cranium daemon --project /srv/etl --log-format json\n  curl -s http://127.0.0.1:8181/health"
+    )]
+    Daemon,
+    /// One screen for people: the daemon (up or not), each job's last run, next due time and
+    /// state, paused jobs, running steps, open requests.
+    #[command(after_help = "Example:\n  cranium status")]
+    Status,
+    /// Stop creating runs for a job (kept in the store; running runs finish).
+    #[command(after_help = "Example:\n  cranium pause events_hourly")]
+    Pause { job: String },
+    /// Schedule a paused job again (its `catchup` decides what happens to what it missed).
+    #[command(after_help = "Example:\n  cranium unpause events_hourly")]
+    Unpause { job: String },
+    /// Ask the daemon to run one interval of a job now (default: the latest that has ended).
+    #[command(
+        after_help = "Examples:\n  cranium trigger product_daily\n  cranium trigger events_hourly --at '2026-03-01 13:00'"
+    )]
+    Trigger {
+        job: String,
+        /// A time inside the interval to run.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// List the requests made of the daemon (triggers, submitted backfills), follow one, or cancel one.
+    #[command(
+        after_help = "Examples:\n  cranium requests\n  cranium requests --follow 7\n  cranium requests --cancel 7"
+    )]
+    Requests {
+        /// Print the request's progress until it ends (exit 0 if it succeeded).
+        #[arg(long, value_name = "ID", conflicts_with = "cancel")]
+        follow: Option<i64>,
+        /// Cancel the request: the daemon stops its running intervals and starts no more.
+        #[arg(long, value_name = "ID")]
+        cancel: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// List runs, newest first.
     #[command(
@@ -249,7 +297,8 @@ fn main() -> ExitCode {
         LogOut::Text => LogFormat::Text,
         LogOut::Json => LogFormat::Json,
     };
-    commands::init_logging(log_format, cli.verbose);
+    // The daemon says what it does (info) by default; the other commands only warn.
+    commands::init_logging(log_format, cli.verbose || matches!(cli.command, Command::Daemon));
     let mut out = std::io::stdout();
     // Not locked: tracing and progress output write to stderr from other threads.
     let mut err = std::io::stderr();
@@ -295,6 +344,8 @@ fn main() -> ExitCode {
             rerun,
             max_active_runs,
             dry_run,
+            submit,
+            priority,
         } => {
             let rerun = match rerun {
                 RerunArg::None => Rerun::None,
@@ -310,8 +361,26 @@ fn main() -> ExitCode {
                 max_active_runs,
                 dry_run,
             };
-            commands::run::backfill(project, &args, log_format, &mut out, &mut err)
+            if submit {
+                commands::daemon::submit_backfill(project, &args, priority, &mut out, &mut err)
+            } else {
+                commands::run::backfill(project, &args, log_format, &mut out, &mut err)
+            }
         }
+        Command::Daemon => commands::daemon::daemon(project, log_format, &mut err),
+        Command::Status => commands::daemon::status(project, &mut out, &mut err),
+        Command::Pause { job } => commands::daemon::pause(project, &job, true, &mut out, &mut err),
+        Command::Unpause { job } => {
+            commands::daemon::pause(project, &job, false, &mut out, &mut err)
+        }
+        Command::Trigger { job, at } => {
+            commands::daemon::trigger(project, &job, at.as_deref(), &mut out, &mut err)
+        }
+        Command::Requests {
+            follow,
+            cancel,
+            limit,
+        } => commands::daemon::requests(project, follow, cancel, limit, &mut out, &mut err),
         Command::Diff(args) => commands::diff::diff(&args, &mut out, &mut err),
         Command::Lag { job, format } => {
             let format = match format {

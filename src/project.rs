@@ -44,6 +44,10 @@ pub struct Project {
     pub connections: IndexMap<String, Connection>,
     pub alerts: IndexMap<String, AlertChannel>,
     pub defaults: ProjectDefaults,
+    /// How the daemon runs (checked).
+    pub daemon: DaemonSettings,
+    /// Named pools and their slots.
+    pub pools: IndexMap<String, u32>,
     /// Jobs, by name.
     pub jobs: Vec<Job>,
     pub redactor: Redactor,
@@ -61,6 +65,8 @@ pub struct Job {
     pub calendar: Calendar,
     pub catchup: bool,
     pub max_active_runs: u32,
+    /// Higher runs first when steps wait for slots.
+    pub priority: i32,
     pub params: serde_json::Value,
     pub alerts: Vec<String>,
     pub sla: Option<Duration>,
@@ -69,6 +75,25 @@ pub struct Job {
     /// False when the schedule, time zone or start is invalid (reported); the job is kept for the other
     /// checks but must not run.
     pub runnable: bool,
+}
+
+/// The `daemon:` section, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// Where `/livez`, `/readyz` and `/health` are served; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
+    pub max_running_steps: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8181))),
+            max_running_steps: 16,
+            shutdown_grace: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How a step retries.
@@ -96,6 +121,8 @@ pub struct StepSpec {
     pub after: Vec<Dep>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
+    /// The pool whose slots the step takes: `pool:`, else the pool named like its connection.
+    pub pool: Option<String>,
     pub config: StepConfig,
     /// Tables read and written (SQL lineage, load targets).
     pub lineage: StepLineage,
@@ -218,6 +245,18 @@ pub fn load(root: &Path, env: &Env) -> Result<(Project, Diagnostics), ProjectErr
             &mut out,
         );
     }
+    let daemon = build_daemon(&raw, &cfg_file, &mut out);
+    for (name, slots) in &raw.pools {
+        if *slots == 0 || !valid_name(name) {
+            out.push(cfg_file.error_at_value(
+                &YamlPath::root().key("pools").key(name),
+                "out-of-range",
+                format!(
+                    "pool '{name}' needs a name of letters, digits, '_' and '-' and at least 1 slot"
+                ),
+            ));
+        }
+    }
     diags.extend(out);
 
     let mut project = Project {
@@ -232,6 +271,8 @@ pub fn load(root: &Path, env: &Env) -> Result<(Project, Diagnostics), ProjectErr
         connections,
         alerts,
         defaults: raw.defaults.clone(),
+        daemon,
+        pools: raw.pools.clone(),
         jobs: Vec::new(),
         redactor: Redactor::default(),
     };
@@ -276,6 +317,45 @@ pub fn load(root: &Path, env: &Env) -> Result<(Project, Diagnostics), ProjectErr
     project.jobs.sort_by(|a, b| a.name.cmp(&b.name));
     project.redactor = redactor;
     Ok((project, diags))
+}
+
+/// The `daemon:` section, checked: an address to listen on, a step limit of at least 1.
+fn build_daemon(
+    raw: &ProjectConfig,
+    file: &SourceFile,
+    out: &mut Vec<Diagnostic>,
+) -> DaemonSettings {
+    let mut d = DaemonSettings::default();
+    let path = YamlPath::root().key("daemon");
+    match raw.daemon.listen.as_deref() {
+        None => {}
+        Some("off") => d.listen = None,
+        Some(addr) => match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => d.listen = Some(a),
+            Err(_) => out.push(
+                file.error_at_value(
+                    &path.key("listen"),
+                    "invalid-value",
+                    format!("listen '{addr}' is not an address"),
+                )
+                .help("write HOST:PORT with an IP address, e.g. 127.0.0.1:8181, or `off`"),
+            ),
+        },
+    }
+    if let Some(n) = raw.daemon.max_running_steps {
+        if n == 0 {
+            out.push(file.error_at_value(
+                &path.key("max_running_steps"),
+                "out-of-range",
+                "max_running_steps must be at least 1",
+            ));
+        }
+        d.max_running_steps = n.max(1) as usize;
+    }
+    if let Some(g) = raw.daemon.shutdown_grace {
+        d.shutdown_grace = g.0;
+    }
+    d
 }
 
 /// `jobs/*.yaml` and `jobs/**/*.yml`, sorted, relative to the root.
@@ -842,6 +922,18 @@ fn build_job(
                 .unwrap_or(2.0),
         };
         let timeout = c.timeout.or(d.timeout).or(pd.timeout).map(|d| d.0);
+        if let Some(pool) = &c.pool {
+            if !project.pools.contains_key(pool) {
+                out.push(file.error_at_value(
+                    &path.key("pool"),
+                    "unknown-pool",
+                    format!(
+                        "unknown pool '{pool}'{}",
+                        did_you_mean(pool, project.pools.keys().map(|s| s.as_str()))
+                    ),
+                ).help("declare it under `pools:` in cranium.yaml, e.g. `pools: { warehouse: 4 }`"));
+            }
+        }
         specs.push((
             StepSpec {
                 id: c.id,
@@ -849,6 +941,7 @@ fn build_job(
                 after,
                 retry,
                 timeout,
+                pool: c.pool,
                 config,
                 lineage: StepLineage::default(),
                 path,
@@ -888,6 +981,17 @@ fn build_job(
             spec.config.as_step().check(&mut cx);
             out.append(&mut cx.diags);
             spec.lineage = cx.lineage;
+            if spec.pool.is_none() {
+                // Steps of one connection share its pool, when one is named like it.
+                spec.pool = spec
+                    .lineage
+                    .writes
+                    .iter()
+                    .chain(&spec.lineage.reads)
+                    .map(|t| &t.connection)
+                    .find(|c| project.pools.contains_key(*c))
+                    .cloned();
+            }
         }
     }
 
@@ -903,6 +1007,7 @@ fn build_job(
         calendar,
         catchup: raw.catchup.or(project.defaults.catchup).unwrap_or(false),
         max_active_runs: mar.max(1),
+        priority: raw.priority.unwrap_or(0),
         params,
         alerts,
         sla: raw.sla.map(|d| d.0),

@@ -918,7 +918,7 @@ impl Schedule {
     }
 
     /// First fire time at or after `t`.
-    fn first_at_or_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn first_at_or_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut s = t.timestamp();
         if t.timestamp_subsec_nanos() > 0 {
             s = s.checked_add(1)?;

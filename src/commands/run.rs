@@ -64,7 +64,7 @@ pub(crate) fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 }
 
 /// Load the project, refusing to run one with errors.
-fn load_runnable(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked, i32> {
+pub(crate) fn load_runnable(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked, i32> {
     let c = load(project, err)?;
     if c.diagnostics.has_errors() {
         let _ = write!(err, "{}", c.diagnostics.render(&c.project.redactor));
@@ -78,7 +78,7 @@ fn load_runnable(project: Option<&Path>, err: &mut dyn Write) -> Result<Checked,
 }
 
 /// A command's async runtime and metadata store (what failed is printed; the exit code returned).
-fn runtime_and_store(
+pub(crate) fn runtime_and_store(
     c: &Checked,
     err: &mut dyn Write,
 ) -> Result<(tokio::runtime::Runtime, Store), i32> {
@@ -131,7 +131,7 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-fn job_of<'a>(c: &'a Checked, name: &str, err: &mut dyn Write) -> Result<&'a Job, i32> {
+pub(crate) fn job_of<'a>(c: &'a Checked, name: &str, err: &mut dyn Write) -> Result<&'a Job, i32> {
     c.project.job(name).ok_or_else(|| {
         let names: Vec<&str> = c.project.jobs.iter().map(|j| j.name.as_str()).collect();
         let _ = writeln!(
@@ -143,7 +143,7 @@ fn job_of<'a>(c: &'a Checked, name: &str, err: &mut dyn Write) -> Result<&'a Job
     })
 }
 
-fn parse_time(s: &str, job: &Job, flag: &str, err: &mut dyn Write) -> Result<DateTime<Utc>, i32> {
+pub(crate) fn parse_time(s: &str, job: &Job, flag: &str, err: &mut dyn Write) -> Result<DateTime<Utc>, i32> {
     schedule::parse_time(s, job.timezone).map_err(|e| {
         let _ = writeln!(err, "error: {flag}: {e}");
         EXIT_USAGE
@@ -347,6 +347,7 @@ pub fn run(
             return EXIT_FAILED;
         }
         let eng = engine(&c, store, log_format);
+        let _leases = eng.keep_leases().drop_guard();
         let cancel = CancellationToken::new();
         cancel_on_signals(cancel.clone());
         let opts = run_options(&args.selection, Trigger::Manual, Rerun::None);
@@ -469,6 +470,7 @@ pub fn backfill(
             );
             return EXIT_OK;
         }
+        let _leases = eng.keep_leases().drop_guard();
         let cancel = CancellationToken::new();
         cancel_on_signals(cancel.clone());
         let tty = std::io::stderr().is_terminal();

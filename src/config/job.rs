@@ -35,6 +35,10 @@ pub struct JobFile {
     /// How many intervals of this job may run at once (default 1).
     #[serde(default)]
     pub max_active_runs: Option<u32>,
+    /// Rank of this job's steps when steps wait for slots: higher first (default 0; submitted
+    /// backfills rank at -1000 unless `--priority` says otherwise).
+    #[serde(default)]
+    pub priority: Option<i32>,
     /// Free values that templates read as `params.NAME`.
     #[serde(default)]
     pub params: IndexMap<String, serde_json::Value>,
@@ -93,11 +97,14 @@ pub struct StepCommon {
     pub retry_backoff: Option<f64>,
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// The pool (from `pools:` in `cranium.yaml`) whose slots this step takes while it runs.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 impl StepCommon {
     /// The keys of [`StepCommon`], split from the kind's own fields before deserialising.
-    pub const FIELDS: [&'static str; 8] = [
+    pub const FIELDS: [&'static str; 9] = [
         "id",
         "kind",
         "description",
@@ -106,5 +113,6 @@ impl StepCommon {
         "retry_delay",
         "retry_backoff",
         "timeout",
+        "pool",
     ];
 }

@@ -31,6 +31,30 @@ pub struct ProjectConfig {
     /// Defaults for every job.
     #[serde(default)]
     pub defaults: ProjectDefaults,
+    /// How `cranium daemon` runs: its health address, its step limit, its stop grace.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Named pools of step slots (`warehouse: 4`), joined by steps with `pool: NAME`. A step
+    /// without `pool:` joins the pool named like its connection, when there is one.
+    #[serde(default)]
+    pub pools: IndexMap<String, u32>,
+}
+
+/// The `daemon:` section of `cranium.yaml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address of `/livez`, `/readyz` and `/health` (default `127.0.0.1:8181`; loopback unless you
+    /// say otherwise). `off` serves nothing.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Steps running at once across every job (default 16).
+    #[serde(default)]
+    pub max_running_steps: Option<u32>,
+    /// On SIGTERM, how long running steps may take to finish before they are cancelled
+    /// (default 60s).
+    #[serde(default)]
+    pub shutdown_grace: Option<HumanDuration>,
 }
 
 /// Defaults applied to every job unless the job says otherwise.

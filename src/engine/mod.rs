@@ -10,9 +10,10 @@
 pub mod deps;
 pub mod logs;
 pub mod retry;
+pub mod run;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ use crate::dag::ProjectGraph;
 use crate::project::{Job, Project};
 use crate::schedule::Interval;
 use crate::steps::{ErrorClass, RunCx, StepError, StepOutput};
-use crate::store::{AttemptResult, RunState, StepState, Store, StoreError, Trigger};
+use crate::store::{AttemptResult, Claim, RunState, StepState, Store, StoreError, Trigger};
+pub use run::{ActiveRun, Prepared, StepDone, StepTask};
 use crate::template::{Renderer, TemplateVars};
 use logs::{AttemptLog, LogFormat};
 
@@ -117,6 +119,21 @@ pub struct StepReport {
     pub already_done: bool,
 }
 
+impl StepReport {
+    /// A selected step that had already succeeded for the interval.
+    pub fn already_done(step: &str) -> StepReport {
+        StepReport {
+            step: step.to_string(),
+            state: StepState::Success,
+            attempts: 0,
+            duration: Duration::ZERO,
+            rows_affected: None,
+            error: None,
+            already_done: true,
+        }
+    }
+}
+
 /// What happened in one run.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -144,26 +161,16 @@ pub struct Engine {
     pub log_format: LogFormat,
     /// How often a running run records that it is alive.
     pub heartbeat_every: Duration,
+    /// Who this process is in the store's step leases (`cli:PID:…` or `daemon:…`).
+    pub owner: String,
+    /// How long a step lease lasts without renewal ([`Engine::keep_leases`] renews it).
+    pub lease_ttl: Duration,
 }
 
 /// Step outputs, as templates read them.
 type Outputs = serde_json::Map<String, serde_json::Value>;
 /// A step's upstream: indexes of steps in its job, and (job, step) pairs in other jobs.
 type Upstream = (Vec<usize>, Vec<(String, String)>);
-
-/// The state of one step inside a run.
-#[derive(Debug, Clone)]
-enum Slot {
-    /// Not selected: satisfied only if its record says success.
-    External {
-        ok: bool,
-    },
-    /// Selected but already succeeded for this interval.
-    Done,
-    Pending,
-    Running,
-    Finished(StepState),
-}
 
 impl Engine {
     pub fn new(project: Arc<Project>, graph: Arc<ProjectGraph>, store: Store) -> Engine {
@@ -174,7 +181,35 @@ impl Engine {
             renderer: Arc::new(Renderer::new()),
             log_format: LogFormat::Text,
             heartbeat_every: Duration::from_secs(5),
+            owner: format!("cli:{}:{}", std::process::id(), rand::random::<u32>()),
+            lease_ttl: Duration::from_secs(30),
         }
+    }
+
+    /// Renews this process's step leases every third of their time to live until the returned
+    /// token is cancelled (or dropped with [`tokio_util::sync::DropGuard`]). A process that dies
+    /// stops renewing: its leases expire and another runner may take the steps over.
+    pub fn keep_leases(&self) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (store, owner, ttl, guard) = (
+            self.store.clone(),
+            self.owner.clone(),
+            self.lease_ttl,
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = guard.cancelled() => break,
+                    _ = tokio::time::sleep(ttl / 3) => {
+                        if let Err(e) = store.renew_leases(&owner, ttl).await {
+                            tracing::warn!("renewing step leases: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        stop
     }
 
     fn job_index(&self, job: &str) -> Result<usize, EngineError> {
@@ -287,7 +322,8 @@ impl Engine {
         Ok(None)
     }
 
-    /// Run the selected steps of `job` for one interval.
+    /// Run the selected steps of `job` for one interval, in the foreground: up to
+    /// `opts.parallelism` steps at once, waiting for steps that another runner holds.
     pub async fn run_interval(
         &self,
         job_name: &str,
@@ -295,268 +331,62 @@ impl Engine {
         opts: &RunOptions,
         cancel: CancellationToken,
     ) -> Result<RunReport, EngineError> {
-        let started = Instant::now();
-        let ji = self.job_index(job_name)?;
-        let job = &self.project.jobs[ji];
-        let selected = self.select(job, opts)?;
-        let records: HashMap<String, crate::store::StepIntervalRecord> = self
-            .store
-            .step_states(job_name, interval.start, interval.end)
-            .await?
-            .into_iter()
-            .filter(|r| r.interval.start == interval.start)
-            .map(|r| (r.step.clone(), r))
-            .collect();
-
-        let n = job.steps.len();
-        let mut slots: Vec<Slot> = Vec::with_capacity(n);
-        let mut outputs: HashMap<usize, serde_json::Map<String, serde_json::Value>> =
-            HashMap::new();
-        let mut reports: BTreeMap<usize, StepReport> = BTreeMap::new();
-        for (i, s) in job.steps.iter().enumerate() {
-            let rec = records.get(&s.id);
-            let succeeded = rec.is_some_and(|r| r.state == StepState::Success);
-            if succeeded {
-                if let Some(serde_json::Value::Object(m)) = rec.map(|r| r.outputs.clone()) {
-                    outputs.insert(i, m);
-                }
-            }
-            let slot = if !selected[i] {
-                Slot::External {
-                    ok: succeeded || opts.ignore_upstream,
-                }
-            } else if succeeded && opts.rerun != Rerun::All {
-                reports.insert(
-                    i,
-                    StepReport {
-                        step: s.id.clone(),
-                        state: StepState::Success,
-                        attempts: 0,
-                        duration: Duration::ZERO,
-                        rows_affected: None,
-                        error: None,
-                        already_done: true,
-                    },
-                );
-                Slot::Done
-            } else {
-                Slot::Pending
-            };
-            slots.push(slot);
-        }
-
-        // Nothing selected is left to run: say so without recording an empty run.
-        if !slots.iter().any(|s| matches!(s, Slot::Pending)) {
-            return Ok(RunReport {
-                run_id: 0,
-                job: job_name.to_string(),
-                interval,
-                state: RunState::Success,
-                steps: reports.into_values().collect(),
-                duration: started.elapsed(),
-            });
-        }
-        let run_id = self
-            .store
-            .create_run(job_name, interval, opts.trigger)
-            .await?;
-        self.store.set_run_state(run_id, RunState::Running).await?;
-        let heartbeat = {
-            let store = self.store.clone();
-            let every = self.heartbeat_every;
-            let stop = cancel.child_token();
-            let guard = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(every) => {
-                            let _ = store.heartbeat(run_id).await;
-                        }
-                    }
-                }
-            });
-            guard
+        let mut run = match self.prepare(job_name, interval, opts, None).await? {
+            Prepared::Nothing(report) => return Ok(report),
+            Prepared::Run(run) => run,
         };
-
-        for (i, slot) in slots.iter().enumerate() {
-            if matches!(slot, Slot::Pending) {
-                let id = &job.steps[i].id;
-                self.store
-                    .set_step_state(run_id, job_name, id, interval, StepState::Pending, 0, None)
-                    .await?;
-            }
-        }
-
-        let upstream: Vec<Upstream> = (0..n).map(|i| self.upstream_of(job, i)).collect();
-        let mut tasks: JoinSet<(usize, StepReport, Option<Outputs>)> = JoinSet::new();
+        let mut tasks: JoinSet<StepDone> = JoinSet::new();
         let parallelism = opts.parallelism.max(1);
-        let mut cross_checked: HashMap<usize, Instant> = HashMap::new();
-
+        let mut last_recheck = Instant::now();
         loop {
-            // Settle every pending step whose fate is known, and start those that are ready.
-            let mut progressed = true;
-            while progressed {
-                progressed = false;
-                for i in 0..n {
-                    if !matches!(slots[i], Slot::Pending) {
-                        continue;
-                    }
-                    let (within, cross) = &upstream[i];
-                    let mut blocked_by: Option<String> = None;
-                    let mut waiting = false;
-                    for &u in within {
-                        match &slots[u] {
-                            Slot::Done | Slot::Finished(StepState::Success) => {}
-                            Slot::External { ok: true } => {}
-                            Slot::External { ok: false } => {
-                                blocked_by = Some(format!(
-                                    "upstream step '{}' has not succeeded for this interval and is not selected (add it to --steps)",
-                                    job.steps[u].id
-                                ));
-                            }
-                            Slot::Finished(_) => {
-                                blocked_by = Some(format!(
-                                    "upstream step '{}' did not succeed",
-                                    job.steps[u].id
-                                ));
-                            }
-                            Slot::Pending | Slot::Running => waiting = true,
-                        }
-                    }
-                    if cancel.is_cancelled() {
-                        // Leave it pending: a resumed run picks it up.
-                        continue;
-                    }
-                    if blocked_by.is_none()
-                        && !waiting
-                        && !cross.is_empty()
-                        && !opts.ignore_upstream
-                    {
-                        let mut unmet = None;
-                        for (dj, ds) in cross {
-                            if let Some(why) = self.cross_job_ready(dj, ds, interval).await? {
-                                unmet = Some(why);
-                                break;
-                            }
-                        }
-                        if let Some(why) = unmet {
-                            let first = *cross_checked.entry(i).or_insert_with(Instant::now);
-                            if first.elapsed() >= opts.upstream_wait {
-                                blocked_by = Some(why);
-                            } else {
-                                waiting = true;
-                            }
-                        }
-                    }
-                    if let Some(why) = blocked_by {
-                        let s = &job.steps[i];
-                        self.persist(
-                            run_id,
-                            job_name,
-                            &s.id,
-                            interval,
-                            StepState::Pending,
-                            StepState::UpstreamFailed,
-                            0,
-                            None,
-                        )
-                        .await?;
-                        slots[i] = Slot::Finished(StepState::UpstreamFailed);
-                        reports.insert(
-                            i,
-                            StepReport {
-                                step: s.id.clone(),
-                                state: StepState::UpstreamFailed,
-                                attempts: 0,
-                                duration: Duration::ZERO,
-                                rows_affected: None,
-                                error: Some(why),
-                                already_done: false,
-                            },
-                        );
-                        progressed = true;
-                        continue;
-                    }
-                    if waiting || tasks.len() >= parallelism {
-                        continue;
-                    }
-                    slots[i] = Slot::Running;
-                    progressed = true;
-                    let mut steps_vars = serde_json::Map::new();
-                    for &u in within {
-                        let outs = outputs.get(&u).cloned().unwrap_or_default();
-                        steps_vars.insert(
-                            job.steps[u].id.clone(),
-                            serde_json::json!({ "outputs": outs }),
-                        );
-                    }
-                    let engine = self.clone();
-                    let cancel = cancel.clone();
-                    let job_name = job_name.to_string();
-                    tasks.spawn(async move {
-                        let (report, outs) = engine
-                            .run_step(ji, i, &job_name, interval, run_id, steps_vars, cancel)
-                            .await;
-                        (i, report, outs)
-                    });
-                }
+            let recheck = last_recheck.elapsed() >= Duration::from_millis(500);
+            if recheck {
+                last_recheck = Instant::now();
             }
-
-            if tasks.is_empty() {
-                let waiting_cross =
-                    (0..n).any(|i| matches!(slots[i], Slot::Pending)) && !cancel.is_cancelled();
-                if !waiting_cross {
+            let ready = run.ready(self, &cancel, recheck).await?;
+            let mut progressed = false;
+            for i in ready {
+                if tasks.len() >= parallelism {
                     break;
                 }
-                // Only cross-job waits remain: poll the store again shortly.
+                match self.claim(&mut run, i).await? {
+                    Claim::Acquired => {
+                        let task = run.start(self, i);
+                        let engine = self.clone();
+                        let cancel = cancel.clone();
+                        tasks.spawn(async move { engine.execute(task, cancel).await });
+                    }
+                    Claim::Done { .. } => progressed = true,
+                    Claim::Held { .. } => {}
+                }
+            }
+            if progressed {
+                continue;
+            }
+            if tasks.is_empty() {
+                if run.pending() == 0 || cancel.is_cancelled() {
+                    break;
+                }
+                // Waiting for another job's interval, or for a step that another runner holds.
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
                 continue;
             }
-            let Some(joined) = tasks.join_next().await else {
-                continue;
-            };
-            match joined {
-                Ok((i, report, outs)) => {
-                    slots[i] = Slot::Finished(report.state);
-                    if let Some(o) = outs {
-                        outputs.insert(i, o);
-                    }
-                    reports.insert(i, report);
-                }
-                Err(e) => {
+            match tasks.join_next().await {
+                Some(Ok(done)) => run.record(done),
+                Some(Err(e)) => {
                     // A panic inside a step is a bug; the step's record stays running and the run fails.
                     tracing::error!(job = job_name, "a step task failed: {e}");
                     return Err(EngineError::Store(StoreError::Corrupt(format!(
                         "step task failed: {e}"
                     ))));
                 }
+                None => {}
             }
         }
-
-        let all_ok = (0..n).all(|i| match &slots[i] {
-            Slot::External { .. } | Slot::Done => true,
-            Slot::Finished(s) => *s == StepState::Success,
-            Slot::Pending | Slot::Running => false,
-        });
-        let state = if all_ok {
-            RunState::Success
-        } else {
-            RunState::Failed
-        };
-        self.store.set_run_state(run_id, state).await?;
-        heartbeat.cancel();
-        Ok(RunReport {
-            run_id,
-            job: job_name.to_string(),
-            interval,
-            state,
-            steps: reports.into_values().collect(),
-            duration: started.elapsed(),
-        })
+        run.finish(self, false).await
     }
 
     /// Persist a checked state change.

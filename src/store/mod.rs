@@ -150,6 +150,37 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// What a request from the command line asks the daemon to do.
+    RequestKind, "request kind", {
+        /// `cranium trigger JOB [--at T]`: one interval, now.
+        Trigger => "trigger",
+        /// `cranium backfill ... --submit`: a range of intervals.
+        Backfill => "backfill",
+    }
+);
+
+string_enum!(
+    /// Where a request is.
+    RequestState, "request state", {
+        Pending => "pending",
+        Running => "running",
+        Done => "done",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RequestState {
+    /// Done, Failed or Cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RequestState::Done | RequestState::Failed | RequestState::Cancelled
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -291,6 +322,87 @@ pub struct ConsumerLag {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// What the scheduler decided for one interval of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Create a run (executed by the daemon) with this rank.
+    Run { priority: i32 },
+    /// Pass the interval over (`catchup: false`), with the reason shown by `cranium runs`.
+    Skipped { reason: String },
+}
+
+/// An interval the scheduler passed over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedInterval {
+    pub job: String,
+    pub interval: Interval,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A run that a daemon executes, with the request that made it (if any) and its rank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonRun {
+    pub run: RunRecord,
+    pub request_id: Option<i64>,
+    pub priority: i32,
+}
+
+/// The answer to a claim on a step of an interval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller holds the lease now: it may run an attempt.
+    Acquired,
+    /// The step already succeeded for this interval (by another runner): its outputs.
+    Done { outputs: serde_json::Value },
+    /// Another runner holds an unexpired lease.
+    Held {
+        owner: String,
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// A lease on a step of an interval: who runs it, until when (renewed while it runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRecord {
+    pub job: String,
+    pub step: String,
+    pub interval_start: DateTime<Utc>,
+    pub owner: String,
+    pub run_id: Option<i64>,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A request from the command line to the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRecord {
+    pub id: i64,
+    pub kind: RequestKind,
+    pub job: String,
+    /// What to run: `at`, or `from`/`to` with `steps`, `rerun`, `max_active_runs` (JSON).
+    pub spec: serde_json::Value,
+    pub priority: i32,
+    pub state: RequestState,
+    pub message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A daemon's heartbeat row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonRecord {
+    pub id: String,
+    pub pid: i64,
+    pub host: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// What the daemon last said of itself (project hash, running steps, ...).
+    pub status: serde_json::Value,
+}
+
 /// Which runs `runs` returns.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -324,6 +436,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0002_consumer_lag.sql",
         sql: include_str!("migrations/sqlite/0002_consumer_lag.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_daemon.sql",
+        sql: include_str!("migrations/sqlite/0003_daemon.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -337,6 +454,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "0002_consumer_lag.sql",
         sql: include_str!("migrations/postgres/0002_consumer_lag.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_daemon.sql",
+        sql: include_str!("migrations/postgres/0003_daemon.sql"),
     },
 ];
 
@@ -555,6 +677,193 @@ impl Store {
     }
 }
 
+// The daemon's part of the store: scheduling decisions, leases, pauses, requests, heartbeats.
+impl Store {
+    /// Records the scheduler's decision for `interval` of `job`, once: the (job, interval) key is
+    /// unique, so a second decision (after a restart, a kill between deciding and inserting, or a
+    /// changed schedule) is a no-op. With `Decision::Run` a daemon run (trigger `schedule`, state
+    /// queued) is created in the same transaction and its id returned; `None` when the interval
+    /// was decided before or is skipped.
+    pub async fn schedule_interval(
+        &self,
+        job: &str,
+        interval: Interval,
+        decision: &Decision,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.schedule_interval(job, interval, decision))
+    }
+
+    /// The start of the latest interval the scheduler decided, per job.
+    pub async fn last_scheduled(
+        &self,
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StoreError> {
+        dispatch!(self.last_scheduled())
+    }
+
+    /// Intervals passed over, newest first (`job` None: every job; `limit` 0: all).
+    pub async fn skipped_intervals(
+        &self,
+        job: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SkippedInterval>, StoreError> {
+        dispatch!(self.skipped_intervals(job, limit))
+    }
+
+    /// Creates a run that a daemon executes (state queued), outside the schedule: a trigger or a
+    /// submitted backfill's interval.
+    pub async fn create_daemon_run(
+        &self,
+        job: &str,
+        interval: Interval,
+        trigger: Trigger,
+        request_id: Option<i64>,
+        priority: i32,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.create_daemon_run(job, interval, trigger, request_id, priority))
+    }
+
+    /// Daemon runs waiting to be executed (queued), oldest first.
+    pub async fn queued_daemon_runs(&self) -> Result<Vec<DaemonRun>, StoreError> {
+        dispatch!(self.queued_daemon_runs())
+    }
+
+    /// Daemon runs left running with no heartbeat for `stale_after` (their daemon died): back to
+    /// queued so that a daemon resumes them, their running attempts failed with [`INTERRUPTED`],
+    /// their running step records pending, their leases released. Returns the run ids.
+    pub async fn requeue_stale(
+        &self,
+        stale_after: std::time::Duration,
+    ) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self.requeue_stale(stale_after))
+    }
+
+    /// Claims `step` of the interval starting at `interval_start` for `owner` until now + `ttl`.
+    /// `Done` when its record says success and `skip_done`; `Held` while another owner's lease
+    /// has not expired. Taking a lease marks the step's attempts still recorded as running (their
+    /// runner is gone: its lease expired) failed with [`INTERRUPTED`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_step(
+        &self,
+        job: &str,
+        step: &str,
+        interval_start: DateTime<Utc>,
+        owner: &str,
+        run_id: i64,
+        ttl: std::time::Duration,
+        skip_done: bool,
+    ) -> Result<Claim, StoreError> {
+        dispatch!(self.claim_step(job, step, interval_start, owner, run_id, ttl, skip_done))
+    }
+
+    /// Extends every lease of `owner` to now + `ttl`; returns how many.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.renew_leases(owner, ttl))
+    }
+
+    /// Releases `owner`'s lease on one step of an interval.
+    pub async fn release_step(
+        &self,
+        job: &str,
+        step: &str,
+        interval_start: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.release_step(job, step, interval_start, owner))
+    }
+
+    /// Releases every lease of `owner`; returns how many.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        dispatch!(self.release_leases(owner))
+    }
+
+    /// Every lease (expired ones too), by job, interval and step.
+    pub async fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        dispatch!(self.leases())
+    }
+
+    /// Pauses or unpauses a job; true when that changed something.
+    pub async fn set_paused(&self, job: &str, paused: bool) -> Result<bool, StoreError> {
+        dispatch!(self.set_paused(job, paused))
+    }
+
+    /// Paused jobs, with when they were paused.
+    pub async fn paused_jobs(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        dispatch!(self.paused_jobs())
+    }
+
+    /// Stores a request for the daemon (state pending); returns its id.
+    pub async fn submit_request(
+        &self,
+        kind: RequestKind,
+        job: &str,
+        spec: &serde_json::Value,
+        priority: i32,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.submit_request(kind, job, spec, priority))
+    }
+
+    /// Requests, newest first (`open_only`: pending and running, oldest first; `limit` 0: all).
+    pub async fn requests(
+        &self,
+        open_only: bool,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        dispatch!(self.requests(open_only, limit))
+    }
+
+    /// One request.
+    pub async fn request(&self, id: i64) -> Result<Option<RequestRecord>, StoreError> {
+        dispatch!(self.request(id))
+    }
+
+    /// Sets a request's state and message. A cancelled request stays cancelled.
+    pub async fn set_request_state(
+        &self,
+        id: i64,
+        state: RequestState,
+        message: Option<&str>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.set_request_state(id, state, message))
+    }
+
+    /// Cancels a pending or running request; false when it had already ended (or does not exist).
+    pub async fn cancel_request(&self, id: i64) -> Result<bool, StoreError> {
+        dispatch!(self.cancel_request(id))
+    }
+
+    /// The runs a request made, oldest first.
+    pub async fn request_runs(&self, id: i64) -> Result<Vec<RunRecord>, StoreError> {
+        dispatch!(self.request_runs(id))
+    }
+
+    /// Upserts a daemon's heartbeat row (`started_at` is kept from the first beat; `stopped_at`
+    /// cleared).
+    pub async fn daemon_beat(
+        &self,
+        id: &str,
+        pid: i64,
+        host: &str,
+        version: &str,
+        status: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.daemon_beat(id, pid, host, version, status))
+    }
+
+    /// Records that a daemon stopped cleanly.
+    pub async fn daemon_stopped(&self, id: &str) -> Result<(), StoreError> {
+        dispatch!(self.daemon_stopped(id))
+    }
+
+    /// Every daemon's row, latest heartbeat first.
+    pub async fn daemons(&self) -> Result<Vec<DaemonRecord>, StoreError> {
+        dispatch!(self.daemons())
+    }
+}
+
 /// Range bounds clamped to the years 0000-9999 that both backends store and order correctly
 /// (so `DateTime::<Utc>::MIN_UTC..MAX_UTC` means "everything").
 fn clamp_bound(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -629,13 +938,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            2
+            3
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 2, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 3, "x")
             .unwrap()
             .is_empty());
     }

@@ -324,6 +324,9 @@ macro_rules! select {
     }};
 }
 
+// After `select!`, which it uses.
+mod daemon;
+
 impl PgStore {
     /// Connects to `postgres://...[?schema=NAME]`, creates the schema if missing and migrates.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
@@ -875,7 +878,7 @@ impl PgStore {
                     OP,
                     "WITH stale AS ( \
                          UPDATE runs SET state = 'failed', ended_at = now() \
-                         WHERE state = 'running' \
+                         WHERE state = 'running' AND executor = 'cli' \
                          AND coalesce(heartbeat_at, started_at, created_at) \
                              <= now() - $1::bigint * interval '1 microsecond' \
                          RETURNING id \

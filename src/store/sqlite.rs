@@ -31,6 +31,8 @@ use super::{
     INTERRUPTED, SQLITE_MIGRATIONS,
 };
 
+mod daemon;
+
 /// How long a write waits for another process holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -744,7 +746,7 @@ impl SqliteStore {
             let stale: Vec<i64> = {
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT id FROM runs WHERE state = 'running' \
+                        "SELECT id FROM runs WHERE state = 'running' AND executor = 'cli' \
                          AND coalesce(heartbeat_at, started_at, created_at) <= ?1",
                     )
                     .map_err(err(OP))?;

@@ -1,0 +1,1229 @@
+//! `cranium daemon`: the process production runs. It schedules every job, catches up after an
+//! outage, shares step slots fairly, executes requests from the command line, reloads the project
+//! when its files change, and stops cleanly.
+//!
+//! # How it fits
+//!
+//! The daemon sits on top of the engine and the store and uses them like the foreground commands
+//! do: [`Engine::prepare`] records a run, [`ActiveRun::ready`] says which steps may start,
+//! [`Engine::claim`] takes a step's lease, [`Engine::execute`] runs it. What the daemon adds is
+//! deciding *when* (a timer on the earliest due time across all jobs, [`plan`]) and *which* step
+//! gets a slot when several wait ([`slots`]: priority, then the oldest due time, per pool).
+//!
+//! # What makes it trustworthy
+//!
+//! * One run per (job, interval) from the schedule: the store's `scheduled_intervals` key, not a
+//!   check here. The scheduler's watermark (the latest decided interval per job) is read from the
+//!   store at start, so a restart knows exactly what it missed.
+//! * Every step attempt holds a lease with an expiry, renewed while it runs and released however
+//!   the attempt ends; a daemon that dies stops renewing, and its runs are re-queued
+//!   ([`Store::requeue_stale`]) and resumed by the next start.
+//! * Slots live in memory and are given back when a step task ends, whatever ended it.
+//! * The loop sleeps until the next due time, a step ending, a request, a file change or the
+//!   housekeeping tick (1 s): an idle daemon does almost nothing.
+
+pub mod clock;
+pub mod health;
+pub mod lock;
+pub mod plan;
+pub mod reload;
+pub mod slots;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{self, Checked};
+use crate::config::interp::Env;
+use crate::engine::logs::LogFormat;
+use crate::engine::{ActiveRun, Engine, EngineError, Prepared, Rerun, RunOptions, StepDone};
+use crate::project::ProjectError;
+use crate::schedule::Interval;
+use crate::store::{
+    Claim, Decision, RequestKind, RequestRecord, RequestState, RunState, StepState, Store,
+    StoreError, Trigger,
+};
+use clock::Clock;
+use health::{PoolUsage, RunningStep, Shared};
+use reload::Fingerprint;
+use slots::{Candidate, Slots};
+
+/// The rank of a submitted backfill's steps unless `--priority` says otherwise: below every
+/// scheduled run (whose jobs rank at 0 by default), so a backfill cannot starve the hourly
+/// extraction.
+pub const BACKFILL_PRIORITY: i32 = -1000;
+
+/// How often the daemon looks at requests, pauses and its own health.
+pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often it writes its heartbeat row.
+pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often it rescans the project's files (the fallback for lost file events).
+pub const RESCAN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Project(#[from] ProjectError),
+    #[error("the project has errors; fix them (see `cranium check`) before starting the daemon:\n{0}")]
+    Check(String),
+    #[error("cannot open the metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Lock(#[from] lock::LockError),
+    #[error("cannot listen on {addr} (daemon.listen in cranium.yaml): {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub root: PathBuf,
+    pub env: Env,
+    pub clock: Arc<dyn Clock>,
+    pub log_format: LogFormat,
+    /// Serve `/livez`, `/readyz`, `/health` on the project's `daemon.listen`.
+    pub serve_health: bool,
+}
+
+/// A run the daemon is executing.
+struct Active {
+    run: ActiveRun,
+    /// The project version the run started with (a reload does not change a running run).
+    engine: Engine,
+    priority: i32,
+    request: Option<i64>,
+    trigger: Trigger,
+    cancel: CancellationToken,
+}
+
+/// A step task in flight.
+#[derive(Debug, Clone)]
+struct Running {
+    pool: Option<String>,
+    step: RunningStep,
+}
+
+/// A submitted backfill being worked through.
+#[derive(Debug)]
+struct Backfill {
+    job: String,
+    queue: VecDeque<Interval>,
+    opts: RunOptions,
+    max_active: usize,
+    priority: i32,
+    total: usize,
+    succeeded: usize,
+    failed: usize,
+}
+
+/// The daemon.
+pub struct Daemon {
+    root: PathBuf,
+    env: Env,
+    clock: Arc<dyn Clock>,
+    store: Store,
+    /// The loaded project version: new runs use it.
+    engine: Engine,
+    fingerprint: Fingerprint,
+    id: String,
+    active: BTreeMap<i64, Active>,
+    tasks: JoinSet<StepDone>,
+    /// Which (run, step) each task runs, to give its slot back even if it panicked.
+    task_keys: HashMap<tokio::task::Id, (i64, usize)>,
+    running: HashMap<(i64, usize), Running>,
+    slots: Slots,
+    /// The start of the latest interval decided, per job (from the store at start).
+    watermarks: HashMap<String, DateTime<Utc>>,
+    /// Cached next due time per job; recomputed when its watermark moves or the project reloads.
+    next_due: HashMap<String, Option<DateTime<Utc>>>,
+    paused: HashSet<String>,
+    backfills: HashMap<i64, Backfill>,
+    /// Cancels every step: the forced end of a stop.
+    cancel: CancellationToken,
+    stopping: bool,
+    /// Bumped when a step succeeds: cross-job waits are asked about again.
+    successes: u64,
+    checked_successes: u64,
+    last_recheck: std::time::Instant,
+    last_beat: Option<std::time::Instant>,
+    pub shared: Shared,
+    serve_health: bool,
+    _lock: Option<lock::StoreLock>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The `check` errors of a project, one line each (`error: jobs/a.yaml:3:5: ...`).
+fn error_lines(c: &Checked) -> Vec<String> {
+    c.diagnostics
+        .items()
+        .iter()
+        .filter(|d| d.severity == crate::diag::Severity::Error)
+        .map(|d| c.project.redactor.redact(&d.short()))
+        .collect()
+}
+
+async fn load_project(root: &Path, env: &Env) -> Result<Checked, DaemonError> {
+    let (root, env) = (root.to_path_buf(), env.clone());
+    tokio::task::spawn_blocking(move || check::check(&root, &env))
+        .await
+        .map_err(|e| DaemonError::Check(format!("the check thread failed: {e}")))?
+        .map_err(DaemonError::Project)
+}
+
+/// Run options for the daemon's runs: every step (or a backfill's selection), no local
+/// parallelism limit (the daemon's slots decide), and cross-job waits without a deadline.
+fn daemon_opts(trigger: Trigger, request: Option<&RequestRecord>) -> RunOptions {
+    let spec = request.map(|r| &r.spec);
+    let steps = spec
+        .and_then(|s| s.get("steps"))
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rerun = match spec.and_then(|s| s.get("rerun")).and_then(|v| v.as_str()) {
+        Some("failed") => Rerun::Failed,
+        Some("all") => Rerun::All,
+        _ => Rerun::None,
+    };
+    RunOptions {
+        steps,
+        downstream: spec
+            .and_then(|s| s.get("downstream"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        parallelism: usize::MAX,
+        trigger,
+        rerun,
+        upstream_wait: Duration::MAX,
+        ignore_upstream: false,
+    }
+}
+
+fn spec_time(spec: &serde_json::Value, key: &str) -> Option<DateTime<Utc>> {
+    spec.get(key)
+        .and_then(|v| v.as_str())
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl Daemon {
+    /// Loads and checks the project (refusing one with errors), opens the store (taking the
+    /// single-daemon lock of a SQLite store), re-queues the runs of a daemon that died, and
+    /// adopts every queued run.
+    pub async fn start(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let checked = load_project(&opts.root, &opts.env).await?;
+        if checked.diagnostics.has_errors() {
+            return Err(DaemonError::Check(error_lines(&checked).join("\n")));
+        }
+        let project = checked.project.clone();
+        let store = Store::open(&project.state_url, &project.root).await?;
+        let lock = match &store {
+            Store::Sqlite(s) => Some(lock::lock_sqlite_store(s.path())?),
+            Store::Postgres(_) => None,
+        };
+        let id = format!(
+            "{}:{}:{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut engine = Engine::new(project.clone(), checked.graph.clone(), store.clone());
+        engine.log_format = opts.log_format;
+        engine.owner = format!("daemon:{id}");
+        // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
+        // On PostgreSQL, only those whose heartbeat is older than two lease times.
+        let stale_after = if lock.is_some() {
+            Duration::ZERO
+        } else {
+            engine.lease_ttl * 2
+        };
+        let requeued = store.requeue_stale(stale_after).await?;
+        if !requeued.is_empty() {
+            tracing::warn!(
+                runs = ?requeued,
+                "re-queued {} run(s) of a daemon that stopped; their unfinished steps run again",
+                requeued.len()
+            );
+        }
+        let settings = project.daemon.clone();
+        let fingerprint = {
+            let root = opts.root.clone();
+            tokio::task::spawn_blocking(move || Fingerprint::of(&root))
+                .await
+                .unwrap_or_default()
+        };
+        let shared = Shared::default();
+        let store_display = crate::store::redact_url(&project.state_url);
+        shared.update(|s| {
+            s.version = env!("CARGO_PKG_VERSION");
+            s.daemon_id = id.clone();
+            s.pid = std::process::id();
+            s.store = store_display;
+            s.project = project.root.display().to_string();
+            s.project_hash = fingerprint.hash();
+            s.loaded_at = Some(Utc::now());
+            s.jobs = project.jobs.len();
+            s.store_ok = true;
+            s.max_running_steps = settings.max_running_steps;
+        });
+        let mut d = Daemon {
+            root: opts.root.clone(),
+            env: opts.env.clone(),
+            clock: opts.clock.clone(),
+            store: store.clone(),
+            slots: Slots::new(
+                settings.max_running_steps,
+                project.pools.iter().map(|(n, s)| (n.clone(), *s as usize)),
+            ),
+            engine,
+            fingerprint,
+            id,
+            active: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            task_keys: HashMap::new(),
+            running: HashMap::new(),
+            watermarks: store.last_scheduled().await?,
+            next_due: HashMap::new(),
+            paused: store
+                .paused_jobs()
+                .await?
+                .into_iter()
+                .map(|(j, _)| j)
+                .collect(),
+            backfills: HashMap::new(),
+            cancel: CancellationToken::new(),
+            stopping: false,
+            successes: 0,
+            checked_successes: 0,
+            last_recheck: std::time::Instant::now(),
+            last_beat: None,
+            shared,
+            serve_health: opts.serve_health,
+            _lock: lock,
+        };
+        for q in store.queued_daemon_runs().await? {
+            let request = match q.request_id {
+                Some(id) => store.request(id).await?,
+                None => None,
+            };
+            if request.as_ref().is_some_and(|r| r.state.is_final()) {
+                // Its request was cancelled (or ended) while no daemon ran: the run ends too.
+                store.set_run_state(q.run.id, RunState::Failed).await?;
+                continue;
+            }
+            d.adopt(
+                q.run.id,
+                &q.run.job,
+                q.run.interval,
+                q.run.trigger,
+                request.as_ref(),
+                q.priority,
+            )
+            .await;
+        }
+        Ok(d)
+    }
+
+    /// This daemon's id (in the store's `daemons` table and its leases).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs being executed now.
+    pub fn active_runs(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Steps running now.
+    pub fn running_steps(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts executing a recorded (queued) run.
+    async fn adopt(
+        &mut self,
+        run_id: i64,
+        job: &str,
+        interval: Interval,
+        trigger: Trigger,
+        request: Option<&RequestRecord>,
+        priority: i32,
+    ) {
+        let opts = daemon_opts(trigger, request);
+        let engine = self.engine.clone();
+        match engine.prepare(job, interval, &opts, Some(run_id)).await {
+            Ok(Prepared::Run(run)) => {
+                tracing::info!(
+                    job,
+                    run_id,
+                    interval_start = %interval.start,
+                    trigger = trigger.as_str(),
+                    "run started"
+                );
+                self.active.insert(
+                    run_id,
+                    Active {
+                        run,
+                        engine,
+                        priority,
+                        request: request.map(|r| r.id),
+                        trigger,
+                        cancel: self.cancel.child_token(),
+                    },
+                );
+            }
+            Ok(Prepared::Nothing(_)) => {}
+            Err(e) => {
+                tracing::error!(job, run_id, "cannot start the run: {e}");
+                let _ = self.store.set_run_state(run_id, RunState::Failed).await;
+            }
+        }
+    }
+
+    /// Scheduled and triggered runs of `job` in progress (submitted backfills have their own
+    /// limit).
+    fn active_of(&self, job: &str) -> usize {
+        self.active
+            .values()
+            .filter(|a| a.run.job == job && a.trigger != Trigger::Backfill)
+            .count()
+    }
+
+    fn job_next_due(&mut self, job: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let j = &self.engine.project.jobs[job];
+        if let Some(cached) = self.next_due.get(&j.name) {
+            return *cached;
+        }
+        let nd = plan::next_due(&j.calendar, j.catchup, now, self.watermarks.get(&j.name).copied());
+        self.next_due.insert(j.name.clone(), nd);
+        nd
+    }
+
+    /// The earliest time a job needs the scheduler (jobs at their `max_active_runs` wait for a
+    /// run to end instead).
+    pub fn next_wake(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut best: Option<DateTime<Utc>> = None;
+        for i in 0..self.engine.project.jobs.len() {
+            let j = &self.engine.project.jobs[i];
+            if !j.runnable || self.paused.contains(&j.name) {
+                continue;
+            }
+            if self.active_of(&j.name) >= j.max_active_runs as usize {
+                continue;
+            }
+            if let Some(t) = self.job_next_due(i, now) {
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        }
+        best
+    }
+
+    /// Creates the runs that are due (and records the intervals passed over).
+    async fn schedule(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        for i in 0..self.engine.project.jobs.len() {
+            let (name, runnable, max_active, catchup, priority) = {
+                let j = &self.engine.project.jobs[i];
+                (
+                    j.name.clone(),
+                    j.runnable,
+                    j.max_active_runs as usize,
+                    j.catchup,
+                    j.priority,
+                )
+            };
+            if !runnable || self.paused.contains(&name) {
+                continue;
+            }
+            if self.job_next_due(i, now).is_none_or(|t| t > now) {
+                continue;
+            }
+            let capacity = max_active.saturating_sub(self.active_of(&name));
+            if capacity == 0 {
+                continue;
+            }
+            let due = {
+                let j = &self.engine.project.jobs[i];
+                plan::due(&j.calendar, catchup, now, self.watermarks.get(&name).copied(), capacity)
+            };
+            if let Some(latest) = due.run.last() {
+                for iv in &due.skip {
+                    let reason = format!(
+                        "catchup: false: passed over for the latest interval, starting {}",
+                        latest.start.to_rfc3339()
+                    );
+                    self.store
+                        .schedule_interval(&name, *iv, &Decision::Skipped { reason })
+                        .await?;
+                }
+                if !due.skip.is_empty() || due.skipped_unrecorded > 0 {
+                    tracing::info!(
+                        job = name,
+                        skipped = due.skip.len() + due.skipped_unrecorded,
+                        "catchup: false: passed over missed intervals, running only the latest"
+                    );
+                }
+            }
+            for iv in due.run {
+                let created = self
+                    .store
+                    .schedule_interval(&name, iv, &Decision::Run { priority })
+                    .await?;
+                self.watermarks.insert(name.clone(), iv.start);
+                self.next_due.remove(&name);
+                if let Some(run_id) = created {
+                    self.adopt(run_id, &name, iv, Trigger::Schedule, None, priority)
+                        .await;
+                }
+            }
+            // Nothing due after all (e.g. past the job's end): look again only when it changes.
+            self.next_due.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// Gives free slots to ready steps, fairly, and finishes the runs that are complete.
+    async fn dispatch(&mut self) -> Result<(), EngineError> {
+        loop {
+            let recheck = self.successes != self.checked_successes
+                || self.last_recheck.elapsed() >= HOUSEKEEPING;
+            if recheck {
+                self.checked_successes = self.successes;
+                self.last_recheck = std::time::Instant::now();
+            }
+            let mut candidates = Vec::new();
+            if !self.stopping {
+                for (run_id, a) in self.active.iter_mut() {
+                    if a.cancel.is_cancelled() {
+                        continue;
+                    }
+                    let ready = a.run.ready(&a.engine, &a.cancel, recheck).await?;
+                    let job = &a.engine.project.jobs[a.run.job_index];
+                    for i in ready {
+                        candidates.push(Candidate {
+                            run_id: *run_id,
+                            step_index: i,
+                            priority: a.priority,
+                            due: a.run.interval.end,
+                            pool: job.steps[i].pool.clone(),
+                        });
+                    }
+                }
+            }
+            let chosen = slots::choose(candidates, &mut self.slots);
+            let mut progressed = false;
+            for c in chosen {
+                let Some(a) = self.active.get_mut(&c.run_id) else {
+                    self.slots.give_back(c.pool.as_deref());
+                    continue;
+                };
+                let claim = a.engine.claim(&mut a.run, c.step_index).await;
+                match claim {
+                    Ok(Claim::Acquired) => {
+                        let task = a.run.start(&a.engine, c.step_index);
+                        let step = RunningStep {
+                            job: task.job.clone(),
+                            step: task.step.clone(),
+                            interval_start: task.interval.start,
+                            run_id: task.run_id,
+                            started_at: Utc::now(),
+                            pool: c.pool.clone(),
+                        };
+                        tracing::info!(
+                            job = step.job,
+                            step = step.step,
+                            run_id = step.run_id,
+                            interval_start = %step.interval_start,
+                            "step started"
+                        );
+                        self.running.insert(
+                            (c.run_id, c.step_index),
+                            Running {
+                                pool: c.pool.clone(),
+                                step,
+                            },
+                        );
+                        let (engine, cancel) = (a.engine.clone(), a.cancel.clone());
+                        let handle = self
+                            .tasks
+                            .spawn(async move { engine.execute(task, cancel).await });
+                        self.task_keys.insert(handle.id(), (c.run_id, c.step_index));
+                    }
+                    Ok(Claim::Done { .. }) => {
+                        self.slots.give_back(c.pool.as_deref());
+                        progressed = true;
+                    }
+                    Ok(Claim::Held { owner, .. }) => {
+                        // Another runner has it (a foreground `run`): asked again on the next tick.
+                        self.slots.give_back(c.pool.as_deref());
+                        tracing::debug!(run_id = c.run_id, owner, "step held by another runner");
+                    }
+                    Err(e) => {
+                        self.slots.give_back(c.pool.as_deref());
+                        return Err(e);
+                    }
+                }
+            }
+            progressed |= self.finish_complete().await?;
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records the end of every run with nothing left to do; true when one ended.
+    async fn finish_complete(&mut self) -> Result<bool, EngineError> {
+        let done: Vec<i64> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.run.is_complete() || (a.cancel.is_cancelled() && a.run.running() == 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &done {
+            let Some(a) = self.active.remove(id) else {
+                continue;
+            };
+            let job = a.run.job.clone();
+            let report = a.run.finish(&a.engine, false).await?;
+            tracing::info!(
+                job,
+                run_id = id,
+                state = report.state.as_str(),
+                seconds = report.duration.as_secs_f64(),
+                "run ended"
+            );
+            self.next_due.remove(&job);
+            if let Some(rid) = a.request {
+                self.request_run_ended(rid, a.trigger, report.state).await;
+            }
+        }
+        Ok(!done.is_empty())
+    }
+
+    async fn request_run_ended(&mut self, rid: i64, trigger: Trigger, state: RunState) {
+        if trigger == Trigger::Backfill {
+            if let Some(b) = self.backfills.get_mut(&rid) {
+                if state == RunState::Success {
+                    b.succeeded += 1;
+                } else {
+                    b.failed += 1;
+                }
+            }
+            return;
+        }
+        let (st, msg) = if state == RunState::Success {
+            (RequestState::Done, "the run succeeded")
+        } else {
+            (RequestState::Failed, "the run failed (see `cranium runs`)")
+        };
+        if let Err(e) = self.store.set_request_state(rid, st, Some(msg)).await {
+            tracing::warn!(request = rid, "recording the request's end: {e}");
+        }
+    }
+
+    /// Takes a finished step task back: its slot, its result.
+    fn on_joined(&mut self, joined: Result<(tokio::task::Id, StepDone), tokio::task::JoinError>) {
+        let (id, done) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                // A step task that panicked: a bug. Its slot still comes back and its run goes on
+                // (the step counts as failed); the lease expires by itself.
+                tracing::error!("a step task failed: {e}");
+                let Some((run_id, i)) = self.task_keys.remove(&e.id()) else {
+                    return;
+                };
+                let step = self
+                    .running
+                    .get(&(run_id, i))
+                    .map(|r| r.step.step.clone())
+                    .unwrap_or_default();
+                let mut report = crate::engine::StepReport::already_done(&step);
+                report.already_done = false;
+                report.state = StepState::Failed;
+                report.error = Some(format!("the step task failed: {e}"));
+                (
+                    e.id(),
+                    StepDone {
+                        run_id,
+                        step_index: i,
+                        report,
+                        outputs: None,
+                    },
+                )
+            }
+        };
+        self.task_keys.remove(&id);
+        let key = (done.run_id, done.step_index);
+        if let Some(r) = self.running.remove(&key) {
+            self.slots.give_back(r.pool.as_deref());
+            if done.report.state == StepState::Success {
+                tracing::info!(
+                    job = r.step.job,
+                    step = r.step.step,
+                    run_id = done.run_id,
+                    "step succeeded"
+                );
+            } else {
+                tracing::warn!(
+                    job = r.step.job,
+                    step = r.step.step,
+                    run_id = done.run_id,
+                    state = done.report.state.as_str(),
+                    error = done.report.error.as_deref().unwrap_or(""),
+                    "step ended"
+                );
+            }
+        }
+        if done.report.state == StepState::Success {
+            self.successes += 1;
+        }
+        if let Some(a) = self.active.get_mut(&done.run_id) {
+            a.run.record(done);
+        }
+    }
+
+    /// Requests from the command line: new triggers and backfills, cancellations, progress.
+    async fn requests(&mut self) -> Result<(), StoreError> {
+        let open = self.store.requests(true, 0).await?;
+        let open_ids: HashSet<i64> = open.iter().map(|r| r.id).collect();
+        // Cancelled (or ended elsewhere) requests: stop their runs.
+        let gone: Vec<i64> = self
+            .active
+            .values()
+            .filter_map(|a| a.request)
+            .chain(self.backfills.keys().copied())
+            .filter(|id| !open_ids.contains(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for rid in gone {
+            self.backfills.remove(&rid);
+            for a in self.active.values().filter(|a| a.request == Some(rid)) {
+                tracing::info!(request = rid, run_id = a.run.run_id, "request cancelled: stopping its run");
+                a.cancel.cancel();
+            }
+        }
+        for r in open {
+            if !self.engine.project.jobs.iter().any(|j| j.name == r.job && j.runnable) {
+                self.store
+                    .set_request_state(
+                        r.id,
+                        RequestState::Failed,
+                        Some(&format!("unknown or unrunnable job '{}'", r.job)),
+                    )
+                    .await?;
+                continue;
+            }
+            match (r.kind, r.state) {
+                (RequestKind::Trigger, RequestState::Pending) => {
+                    let (Some(start), Some(end)) = (spec_time(&r.spec, "start"), spec_time(&r.spec, "end")) else {
+                        self.store
+                            .set_request_state(r.id, RequestState::Failed, Some("the request has no interval"))
+                            .await?;
+                        continue;
+                    };
+                    let iv = Interval { start, end };
+                    let run_id = self
+                        .store
+                        .create_daemon_run(&r.job, iv, Trigger::Manual, Some(r.id), r.priority)
+                        .await?;
+                    self.store
+                        .set_request_state(r.id, RequestState::Running, Some(&format!("run {run_id}")))
+                        .await?;
+                    self.adopt(run_id, &r.job, iv, Trigger::Manual, Some(&r), r.priority)
+                        .await;
+                }
+                (RequestKind::Trigger, _) => {
+                    // Running: its run is active, or ended while no daemon ran.
+                    if !self.active.values().any(|a| a.request == Some(r.id)) {
+                        let runs = self.store.request_runs(r.id).await?;
+                        let ended = runs.last().map(|x| x.state);
+                        match ended {
+                            Some(RunState::Success) => {
+                                self.request_run_ended(r.id, Trigger::Manual, RunState::Success).await
+                            }
+                            Some(RunState::Failed) | None => {
+                                self.request_run_ended(r.id, Trigger::Manual, RunState::Failed).await
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                (RequestKind::Backfill, _) if !self.backfills.contains_key(&r.id) => {
+                    self.start_backfill(&r).await?;
+                }
+                (RequestKind::Backfill, _) => {}
+            }
+        }
+        self.feed_backfills().await
+    }
+
+    async fn start_backfill(&mut self, r: &RequestRecord) -> Result<(), StoreError> {
+        let (Some(from), Some(to)) = (spec_time(&r.spec, "from"), spec_time(&r.spec, "to")) else {
+            return self
+                .store
+                .set_request_state(r.id, RequestState::Failed, Some("the request has no range"))
+                .await;
+        };
+        let opts = daemon_opts(Trigger::Backfill, Some(r));
+        let plan = match self.engine.plan_backfill(&r.job, from, to, &opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .store
+                    .set_request_state(r.id, RequestState::Failed, Some(&e.to_string()))
+                    .await;
+            }
+        };
+        // After a restart: intervals this request already has a run for are not run again.
+        let had: Vec<_> = self.store.request_runs(r.id).await?;
+        let had_starts: HashSet<DateTime<Utc>> = had.iter().map(|x| x.interval.start).collect();
+        let queue: VecDeque<Interval> = plan
+            .run
+            .iter()
+            .map(|(iv, _)| *iv)
+            .filter(|iv| !had_starts.contains(&iv.start))
+            .collect();
+        let job_max = self
+            .engine
+            .project
+            .job(&r.job)
+            .map_or(1, |j| j.max_active_runs as usize);
+        let max_active = r
+            .spec
+            .get("max_active_runs")
+            .and_then(|v| v.as_u64())
+            .map_or(job_max, |n| n.max(1) as usize);
+        let ended = |s: RunState| matches!(s, RunState::Success | RunState::Failed);
+        let b = Backfill {
+            job: r.job.clone(),
+            total: queue.len() + had.len(),
+            succeeded: had.iter().filter(|x| x.state == RunState::Success).count(),
+            failed: had.iter().filter(|x| ended(x.state) && x.state != RunState::Success).count(),
+            queue,
+            opts,
+            max_active,
+            priority: r.priority,
+        };
+        tracing::info!(request = r.id, job = r.job, intervals = b.total, "backfill request started");
+        self.store
+            .set_request_state(
+                r.id,
+                RequestState::Running,
+                Some(&format!("0/{} intervals done", b.total)),
+            )
+            .await?;
+        self.backfills.insert(r.id, b);
+        Ok(())
+    }
+
+    /// Starts the next intervals of each submitted backfill, within its `max_active_runs`, and
+    /// ends the requests that have nothing left.
+    async fn feed_backfills(&mut self) -> Result<(), StoreError> {
+        if self.stopping {
+            return Ok(());
+        }
+        let ids: Vec<i64> = self.backfills.keys().copied().collect();
+        for rid in ids {
+            let running = self.active.values().filter(|a| a.request == Some(rid)).count();
+            let mut start = Vec::new();
+            if let Some(b) = self.backfills.get_mut(&rid) {
+                while running + start.len() < b.max_active {
+                    let Some(iv) = b.queue.pop_front() else { break };
+                    start.push(iv);
+                }
+            }
+            for iv in start {
+                let Some(b) = self.backfills.get(&rid) else { break };
+                let (job, priority, opts) = (b.job.clone(), b.priority, b.opts.clone());
+                let run_id = self
+                    .store
+                    .create_daemon_run(&job, iv, Trigger::Backfill, Some(rid), priority)
+                    .await?;
+                let engine = self.engine.clone();
+                match engine.prepare(&job, iv, &opts, Some(run_id)).await {
+                    Ok(Prepared::Run(run)) => {
+                        self.active.insert(
+                            run_id,
+                            Active {
+                                run,
+                                engine,
+                                priority,
+                                request: Some(rid),
+                                trigger: Trigger::Backfill,
+                                cancel: self.cancel.child_token(),
+                            },
+                        );
+                    }
+                    Ok(Prepared::Nothing(_)) => {}
+                    Err(e) => {
+                        tracing::error!(request = rid, "cannot start a backfill run: {e}");
+                        self.store.set_run_state(run_id, RunState::Failed).await?;
+                    }
+                }
+            }
+            let running = self.active.values().filter(|a| a.request == Some(rid)).count();
+            let Some(b) = self.backfills.get(&rid) else { continue };
+            let done = b.succeeded + b.failed;
+            let msg = format!(
+                "{done}/{} intervals done ({} succeeded, {} failed), {running} running",
+                b.total, b.succeeded, b.failed
+            );
+            if b.queue.is_empty() && running == 0 {
+                let state = if b.failed == 0 {
+                    RequestState::Done
+                } else {
+                    RequestState::Failed
+                };
+                self.store.set_request_state(rid, state, Some(&msg)).await?;
+                tracing::info!(request = rid, "backfill request ended: {msg}");
+                self.backfills.remove(&rid);
+            } else {
+                self.store
+                    .set_request_state(rid, RequestState::Running, Some(&msg))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses, requests, the heartbeat row and `/health`, once a second.
+    pub async fn housekeeping(&mut self) {
+        let result: Result<(), StoreError> = async {
+            let paused: HashSet<String> = self
+                .store
+                .paused_jobs()
+                .await?
+                .into_iter()
+                .map(|(j, _)| j)
+                .collect();
+            if paused != self.paused {
+                for j in paused.symmetric_difference(&self.paused) {
+                    tracing::info!(job = j, paused = paused.contains(j), "pause changed");
+                    self.next_due.remove(j);
+                }
+                self.paused = paused;
+            }
+            self.requests().await?;
+            if matches!(self.store, Store::Postgres(_)) {
+                let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
+            }
+            if self.last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
+                self.last_beat = Some(std::time::Instant::now());
+                let st = self.shared.get();
+                let status = serde_json::json!({
+                    "project_hash": st.project_hash,
+                    "jobs": st.jobs,
+                    "active_runs": self.active.len(),
+                    "running_steps": self.running.len(),
+                    "listen": self.engine.project.daemon.listen.map(|a| a.to_string()),
+                    "reload_errors": st.reload_errors,
+                });
+                self.store
+                    .daemon_beat(
+                        &self.id,
+                        i64::from(std::process::id()),
+                        &hostname(),
+                        env!("CARGO_PKG_VERSION"),
+                        &status,
+                    )
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => self.shared.update(|s| {
+                s.store_ok = true;
+                s.store_error = None;
+            }),
+            Err(e) => {
+                tracing::error!("metadata store: {e}");
+                self.shared.update(|s| {
+                    s.store_ok = false;
+                    s.store_error = Some(e.to_string());
+                });
+            }
+        }
+    }
+
+    /// Schedules what is due at the clock's time and gives out slots.
+    pub async fn tick(&mut self) {
+        let now = self.clock.now();
+        if !self.stopping {
+            if let Err(e) = self.schedule(now).await {
+                tracing::error!("scheduling: metadata store: {e}");
+            }
+        }
+        if let Err(e) = self.dispatch().await {
+            tracing::error!("dispatching steps: {e}");
+        }
+        if !self.stopping {
+            if let Err(e) = self.feed_backfills().await {
+                tracing::error!("backfill requests: metadata store: {e}");
+            }
+            if let Err(e) = self.dispatch().await {
+                tracing::error!("dispatching steps: {e}");
+            }
+        }
+        self.publish();
+    }
+
+    /// Writes what the daemon is doing into `/health`.
+    fn publish(&self) {
+        let running: Vec<RunningStep> = self.running.values().map(|r| r.step.clone()).collect();
+        let pools = self
+            .slots
+            .pool_usage()
+            .into_iter()
+            .map(|(name, slots, used)| PoolUsage { name, slots, used })
+            .collect();
+        let mut paused: Vec<String> = self.paused.iter().cloned().collect();
+        paused.sort();
+        let (active, stopping) = (self.active.len(), self.stopping);
+        self.shared.update(|s| {
+            s.last_tick = Some(Utc::now());
+            s.running_steps = running;
+            s.active_runs = active;
+            s.pools = pools;
+            s.paused = paused;
+            s.stopping = stopping;
+        });
+    }
+
+    /// Ticks and waits for step tasks until nothing runs and nothing more can start (for tests
+    /// driven by a [`clock::ManualClock`]; cross-job waits on another process are not waited for).
+    pub async fn settle(&mut self) {
+        self.housekeeping().await;
+        loop {
+            self.tick().await;
+            if self.tasks.is_empty() {
+                self.housekeeping().await;
+                self.tick().await;
+                if self.tasks.is_empty() {
+                    return;
+                }
+            }
+            if let Some(j) = self.tasks.join_next_with_id().await {
+                self.on_joined(j);
+            }
+        }
+    }
+
+    /// Reloads the project if its files changed: a version that passes `check` replaces the
+    /// loaded one for new runs; one that fails is refused, logged and kept for `/health`.
+    pub async fn maybe_reload(&mut self) -> bool {
+        let root = self.root.clone();
+        let fp = tokio::task::spawn_blocking(move || Fingerprint::of(&root))
+            .await
+            .unwrap_or_default();
+        if fp == self.fingerprint {
+            return false;
+        }
+        self.fingerprint = fp.clone();
+        let refused = |errors: Vec<String>, shared: &Shared| {
+            for e in &errors {
+                tracing::error!("reload refused: {e}");
+            }
+            tracing::error!(
+                "reload refused: the project has {} error(s); the previous version keeps running",
+                errors.len()
+            );
+            shared.update(|s| {
+                s.reload_errors = errors;
+                s.reload_refused_at = Some(Utc::now());
+            });
+        };
+        let checked = match load_project(&self.root, &self.env).await {
+            Ok(c) => c,
+            Err(e) => {
+                refused(vec![format!("error: {e}")], &self.shared);
+                return false;
+            }
+        };
+        if checked.diagnostics.has_errors() {
+            refused(error_lines(&checked), &self.shared);
+            return false;
+        }
+        let project = checked.project.clone();
+        let mut engine = Engine::new(project.clone(), checked.graph.clone(), self.store.clone());
+        engine.log_format = self.engine.log_format;
+        engine.owner = self.engine.owner.clone();
+        engine.lease_ttl = self.engine.lease_ttl;
+        engine.heartbeat_every = self.engine.heartbeat_every;
+        self.engine = engine;
+        self.slots.resize(
+            project.daemon.max_running_steps,
+            project.pools.iter().map(|(n, s)| (n.clone(), *s as usize)),
+        );
+        self.next_due.clear();
+        let hash = fp.hash();
+        tracing::info!(jobs = project.jobs.len(), hash, "reloaded the project");
+        self.shared.update(|s| {
+            s.project_hash = hash;
+            s.loaded_at = Some(Utc::now());
+            s.jobs = project.jobs.len();
+            s.reload_errors.clear();
+            s.reload_refused_at = None;
+            s.max_running_steps = project.daemon.max_running_steps;
+        });
+        true
+    }
+
+    /// The daemon's loop, until `stop` is cancelled (the first SIGTERM/SIGINT); then a clean stop
+    /// ([`Daemon::shutdown`]), cut short by `force` (the second signal).
+    pub async fn run(
+        mut self,
+        stop: CancellationToken,
+        force: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let serve_stop = CancellationToken::new();
+        let listen = self
+            .engine
+            .project
+            .daemon
+            .listen
+            .filter(|_| self.serve_health);
+        let server = match listen {
+            Some(addr) => Some(
+                health::serve(addr, self.shared.clone(), serve_stop.clone())
+                    .await
+                    .map_err(|source| DaemonError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let _keeper = self.engine.keep_leases().drop_guard();
+        let mut watcher = reload::watch(&self.root);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(
+            daemon = self.id,
+            jobs = self.engine.project.jobs.len(),
+            store = crate::store::redact_url(&self.engine.project.state_url),
+            listen = ?self.engine.project.daemon.listen,
+            "daemon started"
+        );
+        self.housekeeping().await;
+        self.tick().await;
+        loop {
+            let now = self.clock.now();
+            let sleep_for = self
+                .next_wake(now)
+                .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            let changes = async {
+                match watcher.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(j) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.on_joined(j),
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = housekeeping.tick() => self.housekeeping().await,
+                Some(()) = changes => {
+                    // Let an editor finish writing (several events for one save).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.maybe_reload().await;
+                }
+                _ = rescan.tick() => { self.maybe_reload().await; }
+            }
+            self.tick().await;
+        }
+        self.shutdown(force).await;
+        serve_stop.cancel();
+        if let Some(s) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        Ok(())
+    }
+
+    /// A clean stop: claim nothing new; give running steps the grace to finish, saying what is
+    /// still running every few seconds; then (or at once on `force`) cancel them: their attempts
+    /// go back to pending and their runs to queued, for the next start. Leases are released.
+    pub async fn shutdown(&mut self, force: CancellationToken) {
+        self.stopping = true;
+        self.publish();
+        let grace = self.engine.project.daemon.shutdown_grace;
+        tracing::info!(
+            running = self.tasks.len(),
+            grace_seconds = grace.as_secs_f64(),
+            "stopping: claiming nothing new, waiting for running steps"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut say = tokio::time::interval(Duration::from_secs(5));
+        say.tick().await;
+        let mut cancelled = false;
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                Some(j) = self.tasks.join_next_with_id() => self.on_joined(j),
+                _ = tokio::time::sleep_until(deadline), if !cancelled => {
+                    tracing::warn!(running = self.tasks.len(), "grace period over: cancelling the running steps");
+                    self.cancel.cancel();
+                    cancelled = true;
+                }
+                _ = force.cancelled(), if !cancelled => {
+                    tracing::warn!(running = self.tasks.len(), "second signal: cancelling the running steps now");
+                    self.cancel.cancel();
+                    cancelled = true;
+                }
+                _ = say.tick() => {
+                    let names: Vec<String> = self
+                        .running
+                        .values()
+                        .map(|r| format!("{}.{} ({}s)", r.step.job, r.step.step,
+                            (Utc::now() - r.step.started_at).num_seconds()))
+                        .collect();
+                    tracing::info!("still running: {}", names.join(", "));
+                }
+            }
+        }
+        let ids: Vec<i64> = self.active.keys().copied().collect();
+        for id in ids {
+            if let Some(a) = self.active.remove(&id) {
+                let requeue = a.request.is_none_or(|r| self.backfills.contains_key(&r) || a.trigger == Trigger::Manual);
+                match a.run.finish(&a.engine, requeue).await {
+                    Ok(r) => tracing::info!(run_id = id, state = r.state.as_str(), "run left for the next start"),
+                    Err(e) => tracing::error!(run_id = id, "recording the run: {e}"),
+                }
+            }
+        }
+        if let Err(e) = self.store.release_leases(&self.engine.owner).await {
+            tracing::warn!("releasing leases: {e}");
+        }
+        if let Err(e) = self.store.daemon_stopped(&self.id).await {
+            tracing::warn!("recording the stop: {e}");
+        }
+        tracing::info!("daemon stopped");
+    }
+}
