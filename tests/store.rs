@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use cranium::schedule::Interval;
 use cranium::store::{
-    AttemptResult, ConsumerLag, RunFilter, RunState, StepState, Store, StoreError, Trigger,
-    INTERRUPTED,
+    AttemptResult, Claim, ConsumerLag, Decision, RequestKind, RequestState, RunFilter, RunState,
+    StepState, Store, StoreError, Trigger, INTERRUPTED,
 };
 use serde_json::json;
 
@@ -192,6 +192,17 @@ suite!(
     outputs_json_round_trip,
     concurrent_writers_lose_nothing,
     write_timing,
+    schedule_interval_decides_once,
+    last_scheduled_is_the_latest_interval_per_job,
+    daemon_runs_are_queued_in_order,
+    requeue_stale_requeues_dead_daemon_runs_only,
+    claim_step_leases,
+    leases_renew_and_release,
+    pausing_jobs,
+    requests_lifecycle,
+    daemon_heartbeats,
+    concurrent_claims_acquire_once,
+    concurrent_decisions_create_one_run,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -219,9 +230,10 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 2, "two migrations recorded: {before:?}");
+    assert_eq!(before.len(), 3, "three migrations recorded: {before:?}");
     assert!(before[0].starts_with("1 "), "{before:?}");
     assert!(before[1].starts_with("2 "), "{before:?}");
+    assert!(before[2].starts_with("3 "), "{before:?}");
 
     let id = h
         .store
@@ -1174,6 +1186,950 @@ async fn write_timing(h: &Harness) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The daemon's part
+// ---------------------------------------------------------------------------------------------
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every run of `job`, oldest first.
+async fn runs_of(s: &Store, job: &str) -> Vec<cranium::store::RunRecord> {
+    let mut runs = s
+        .runs(&RunFilter {
+            job: Some(job.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    runs.reverse();
+    runs
+}
+
+async fn schedule_interval_decides_once(h: &Harness) {
+    let s = &h.store;
+    let run = Decision::Run { priority: 5 };
+    let skip = Decision::Skipped {
+        reason: "catchup: false".to_string(),
+    };
+    let before = now_micros() - TimeDelta::seconds(60);
+
+    let id = s
+        .schedule_interval("j", hour(0), &run)
+        .await
+        .unwrap()
+        .expect("a Run decision creates a run");
+    let r = s.run(id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.job.as_str(), r.interval, r.state, r.trigger),
+        ("j", hour(0), RunState::Queued, Trigger::Schedule)
+    );
+    let queued = s.queued_daemon_runs().await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].run.id, queued[0].request_id, queued[0].priority),
+        (id, None, 5)
+    );
+    // The decision row points at its run.
+    assert_eq!(
+        h.raw_strings(
+            "SELECT CAST(run_id AS TEXT) FROM scheduled_intervals WHERE decision = 'run'"
+        )
+        .await,
+        [id.to_string()]
+    );
+
+    // A second decision for the interval, whatever it is, is a no-op.
+    assert_eq!(s.schedule_interval("j", hour(0), &run).await.unwrap(), None);
+    assert_eq!(
+        s.schedule_interval("j", hour(0), &skip).await.unwrap(),
+        None
+    );
+    assert_eq!(runs_of(s, "j").await.len(), 1, "no second run");
+    assert!(s.skipped_intervals(None, 0).await.unwrap().is_empty());
+
+    // A skipped interval makes no run and is listed with its reason, once.
+    assert_eq!(
+        s.schedule_interval("j", hour(1), &skip).await.unwrap(),
+        None
+    );
+    assert_eq!(s.schedule_interval("j", hour(1), &run).await.unwrap(), None);
+    assert_eq!(
+        runs_of(s, "j").await.len(),
+        1,
+        "a skipped interval makes no run"
+    );
+    let skipped = s.skipped_intervals(Some("j"), 0).await.unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(
+        (
+            skipped[0].job.as_str(),
+            skipped[0].interval,
+            skipped[0].reason.as_str()
+        ),
+        ("j", hour(1), "catchup: false")
+    );
+    assert!(skipped[0].created_at >= before, "{:?}", skipped[0]);
+
+    // Newest first, per job, with a limit.
+    let other = Decision::Skipped {
+        reason: "paused".to_string(),
+    };
+    s.schedule_interval("j", hour(3), &skip).await.unwrap();
+    s.schedule_interval("k", hour(2), &other).await.unwrap();
+    let all: Vec<_> = s
+        .skipped_intervals(None, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.job, x.interval, x.reason))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("j".to_string(), hour(3), "catchup: false".to_string()),
+            ("k".to_string(), hour(2), "paused".to_string()),
+            ("j".to_string(), hour(1), "catchup: false".to_string()),
+        ]
+    );
+    let first = s.skipped_intervals(Some("j"), 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].interval, hour(3));
+    assert_eq!(s.skipped_intervals(Some("k"), 0).await.unwrap().len(), 1);
+    assert!(s
+        .skipped_intervals(Some("none"), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.queued_daemon_runs().await.unwrap().len(), 1);
+}
+
+async fn last_scheduled_is_the_latest_interval_per_job(h: &Harness) {
+    let s = &h.store;
+    assert!(s.last_scheduled().await.unwrap().is_empty());
+    let run = Decision::Run { priority: 0 };
+    let skip = Decision::Skipped {
+        reason: "catchup: false".to_string(),
+    };
+    s.schedule_interval("a", hour(0), &run).await.unwrap();
+    s.schedule_interval("a", hour(3), &skip).await.unwrap();
+    s.schedule_interval("a", hour(1), &run).await.unwrap();
+    s.schedule_interval("b", hour(2), &run).await.unwrap();
+    let last = s.last_scheduled().await.unwrap();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert_eq!(last["a"], hour(3).start, "skipped decisions count");
+    assert_eq!(last["b"], hour(2).start);
+    // Runs made outside the schedule are not decisions.
+    s.create_daemon_run("a", hour(9), Trigger::Manual, None, 0)
+        .await
+        .unwrap();
+    s.create_run("c", hour(9), Trigger::Manual).await.unwrap();
+    assert_eq!(s.last_scheduled().await.unwrap(), last);
+}
+
+async fn daemon_runs_are_queued_in_order(h: &Harness) {
+    let s = &h.store;
+    let request = s
+        .submit_request(RequestKind::Backfill, "j", &json!({}), 7)
+        .await
+        .unwrap();
+    let a = s
+        .create_daemon_run("j", hour(0), Trigger::Backfill, Some(request), 7)
+        .await
+        .unwrap();
+    let cli = s.create_run("j", hour(1), Trigger::Manual).await.unwrap();
+    let b = s
+        .create_daemon_run("k", hour(2), Trigger::Manual, None, -3)
+        .await
+        .unwrap();
+    let started = s
+        .create_daemon_run("j", hour(3), Trigger::Manual, None, 0)
+        .await
+        .unwrap();
+    s.set_run_state(started, RunState::Running).await.unwrap();
+    let c = s
+        .create_daemon_run("j", hour(4), Trigger::Schedule, None, 1)
+        .await
+        .unwrap();
+
+    let queued = s.queued_daemon_runs().await.unwrap();
+    let got: Vec<_> = queued
+        .iter()
+        .map(|d| {
+            (
+                d.run.id,
+                d.run.job.as_str(),
+                d.run.interval,
+                d.run.trigger,
+                d.request_id,
+                d.priority,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (a, "j", hour(0), Trigger::Backfill, Some(request), 7),
+            (b, "k", hour(2), Trigger::Manual, None, -3),
+            (c, "j", hour(4), Trigger::Schedule, None, 1),
+        ],
+        "queued daemon runs, oldest first; not {cli} (cli) nor {started} (running)"
+    );
+    assert_eq!(queued[0].run, s.run(a).await.unwrap().unwrap());
+    assert_eq!(queued[0].run.state, RunState::Queued);
+    assert!(queued[0].run.started_at.is_none());
+    // A daemon run is an ordinary run for the rest of the store.
+    assert_eq!(runs_of(s, "j").await.len(), 4);
+}
+
+async fn requeue_stale_requeues_dead_daemon_runs_only(h: &Harness) {
+    let s = &h.store;
+    let iv = hour(0);
+    let dead = s
+        .create_daemon_run("j", iv, Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let alive = s
+        .create_daemon_run("j", hour(1), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let cli = s.create_run("j", hour(2), Trigger::Manual).await.unwrap();
+    let waiting = s
+        .create_daemon_run("j", hour(3), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    for id in [dead, alive, cli] {
+        s.set_run_state(id, RunState::Running).await.unwrap();
+    }
+
+    // The dead run: one step running (with its lease), one finished, one waiting for a retry.
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "d1", dead, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    s.set_step_state(dead, "j", "a", iv, StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let running_attempt = s.begin_attempt(dead, "j", "a", iv, 1, "").await.unwrap();
+    s.set_step_state(dead, "j", "b", iv, StepState::Success, 1, None)
+        .await
+        .unwrap();
+    let finished_attempt = s.begin_attempt(dead, "j", "b", iv, 1, "").await.unwrap();
+    s.finish_attempt(finished_attempt, &AttemptResult::default())
+        .await
+        .unwrap();
+    s.set_step_state(dead, "j", "c", iv, StepState::UpForRetry, 1, None)
+        .await
+        .unwrap();
+    // The live daemon run and the foreground run each have a running step and a lease.
+    for (run, k, owner) in [(alive, 1, "d2"), (cli, 2, "cli:1")] {
+        assert_eq!(
+            s.claim_step("j", "a", hour(k).start, owner, run, MINUTE, true)
+                .await
+                .unwrap(),
+            Claim::Acquired
+        );
+        s.set_step_state(run, "j", "a", hour(k), StepState::Running, 1, None)
+            .await
+            .unwrap();
+        s.begin_attempt(run, "j", "a", hour(k), 1, "")
+            .await
+            .unwrap();
+    }
+
+    assert!(s
+        .requeue_stale(Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.heartbeat(alive).await.unwrap();
+    assert_eq!(
+        s.requeue_stale(Duration::from_millis(750)).await.unwrap(),
+        [dead]
+    );
+
+    let r = s.run(dead).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Queued);
+    let states: Vec<_> = s
+        .step_states("j", iv.start, iv.end)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.step, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_string(), StepState::Pending),
+            ("b".to_string(), StepState::Success),
+            ("c".to_string(), StepState::Pending),
+        ]
+    );
+    let attempts = s.attempts("j", iv.start, None).await.unwrap();
+    let a = attempts.iter().find(|a| a.id == running_attempt).unwrap();
+    assert_eq!(a.state, StepState::Failed);
+    assert_eq!(a.error.as_deref(), Some(INTERRUPTED));
+    assert!(
+        a.ended_at.is_some() && a.duration_ms.unwrap_or(-1) >= 1000,
+        "{a:?}"
+    );
+    let b = attempts.iter().find(|a| a.id == finished_attempt).unwrap();
+    assert_eq!((b.state, b.error.as_deref()), (StepState::Success, None));
+    // Its lease is released; the others' are not.
+    let owners: Vec<_> = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.owner, l.run_id))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("d2".to_string(), Some(alive)),
+            ("cli:1".to_string(), Some(cli))
+        ]
+    );
+    // The daemon run that beats, the foreground run (stale, but not the daemon's to requeue) and
+    // the queued one are untouched.
+    assert_eq!(
+        s.run(alive).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    assert_eq!(s.run(cli).await.unwrap().unwrap().state, RunState::Running);
+    assert_eq!(
+        s.run(waiting).await.unwrap().unwrap().state,
+        RunState::Queued
+    );
+    for k in [1, 2] {
+        let attempts = s.attempts("j", hour(k).start, None).await.unwrap();
+        assert_eq!(attempts[0].state, StepState::Running, "{attempts:?}");
+    }
+    assert!(s
+        .requeue_stale(Duration::from_millis(750))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // recover_stale is for foreground runs only: it fails the cli run, never a daemon run.
+    assert_eq!(s.recover_stale(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(s.run(cli).await.unwrap().unwrap().state, RunState::Failed);
+    assert_eq!(
+        s.run(alive).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    assert_eq!(s.run(dead).await.unwrap().unwrap().state, RunState::Queued);
+    // With no grace at all, every running daemon run is stale; a huge grace never overflows.
+    assert_eq!(s.requeue_stale(Duration::ZERO).await.unwrap(), [alive]);
+    assert!(s.requeue_stale(Duration::MAX).await.unwrap().is_empty());
+    let queued: Vec<_> = s
+        .queued_daemon_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.run.id)
+        .collect();
+    assert_eq!(queued, [dead, alive, waiting]);
+}
+
+async fn claim_step_leases(h: &Harness) {
+    let s = &h.store;
+    let iv = hour(0);
+    let run = s
+        .create_daemon_run("j", iv, Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let other_run = s
+        .create_daemon_run("j", iv, Trigger::Manual, None, 0)
+        .await
+        .unwrap();
+    let before = now_micros() - TimeDelta::seconds(60);
+
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "A", run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    let leases = s.leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let lease = leases[0].clone();
+    assert_eq!(
+        (
+            lease.job.as_str(),
+            lease.step.as_str(),
+            lease.interval_start
+        ),
+        ("j", "a", iv.start)
+    );
+    assert_eq!((lease.owner.as_str(), lease.run_id), ("A", Some(run)));
+    assert!(lease.acquired_at >= before);
+    let ttl = lease.expires_at - lease.acquired_at;
+    assert!(
+        ttl >= TimeDelta::seconds(59) && ttl <= TimeDelta::seconds(61),
+        "{lease:?}"
+    );
+
+    // Another owner is told who holds it, until when.
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Held {
+            owner: "A".to_string(),
+            expires_at: lease.expires_at
+        }
+    );
+    // The holder claims again: a renewal, which interrupts nothing (its attempt is its own).
+    s.set_step_state(run, "j", "a", iv, StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let own_attempt = s.begin_attempt(run, "j", "a", iv, 1, "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "A", run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    let renewed = s.leases().await.unwrap()[0].clone();
+    assert_eq!(renewed.owner, "A");
+    assert_eq!(
+        renewed.acquired_at, lease.acquired_at,
+        "a renewal keeps acquired_at"
+    );
+    assert!(renewed.expires_at > lease.expires_at, "{renewed:?}");
+    let attempts = s.attempts("j", iv.start, Some("a")).await.unwrap();
+    assert_eq!(attempts[0].id, own_attempt);
+    assert_eq!(attempts[0].state, StepState::Running);
+
+    // Once the step succeeded, a claim that skips done steps gets its outputs (whoever holds
+    // the lease); one that does not is held.
+    s.finish_attempt(own_attempt, &AttemptResult::default())
+        .await
+        .unwrap();
+    s.set_step_state(
+        run,
+        "j",
+        "a",
+        iv,
+        StepState::Success,
+        1,
+        Some(&json!({"rows": 3})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Done {
+            outputs: json!({"rows": 3})
+        }
+    );
+    assert!(matches!(
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false)
+            .await
+            .unwrap(),
+        Claim::Held { owner, .. } if owner == "A"
+    ));
+    s.release_step("j", "a", iv.start, "A").await.unwrap();
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Done {
+            outputs: json!({"rows": 3})
+        }
+    );
+    assert!(s.leases().await.unwrap().is_empty(), "Done takes no lease");
+    assert_eq!(
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false)
+            .await
+            .unwrap(),
+        Claim::Acquired,
+        "a rerun of a done step"
+    );
+    s.release_step("j", "a", iv.start, "B").await.unwrap();
+
+    // An expired lease is taken over, and the attempt its holder left running is interrupted.
+    assert_eq!(
+        s.claim_step("j", "b", iv.start, "A", run, Duration::from_millis(5), true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    s.set_step_state(run, "j", "b", iv, StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let left = s.begin_attempt(run, "j", "b", iv, 1, "").await.unwrap();
+    // Another interval's running attempt of the step is not this claim's business.
+    let elsewhere = s
+        .begin_attempt(run, "j", "b", hour(1), 1, "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.claim_step("j", "b", iv.start, "B", other_run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    let attempts = s.attempts("j", iv.start, Some("b")).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].id, left);
+    assert_eq!(attempts[0].state, StepState::Failed);
+    assert_eq!(attempts[0].error.as_deref(), Some(INTERRUPTED));
+    assert!(attempts[0].ended_at.is_some());
+    assert!(
+        attempts[0].duration_ms.unwrap_or(-1) >= 0,
+        "{:?}",
+        attempts[0]
+    );
+    let other = s.attempts("j", hour(1).start, Some("b")).await.unwrap();
+    assert_eq!(
+        (other[0].id, other[0].state),
+        (elsewhere, StepState::Running)
+    );
+    let leases = s.leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].owner.as_str(), leases[0].run_id),
+        ("B", Some(other_run))
+    );
+    // The first holder is now told it lost it.
+    assert!(matches!(
+        s.claim_step("j", "b", iv.start, "A", run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Held { owner, expires_at } if owner == "B" && expires_at == leases[0].expires_at
+    ));
+    // Leases are per (job, interval, step).
+    for (job, step, start) in [
+        ("j", "b", hour(1).start),
+        ("j", "c", iv.start),
+        ("k", "b", iv.start),
+    ] {
+        assert_eq!(
+            s.claim_step(job, step, start, "A", run, MINUTE, true)
+                .await
+                .unwrap(),
+            Claim::Acquired,
+            "{job} {step} {start}"
+        );
+    }
+    let keys: Vec<_> = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.job, l.interval_start, l.step, l.owner))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("j".to_string(), iv.start, "b".to_string(), "B".to_string()),
+            ("j".to_string(), iv.start, "c".to_string(), "A".to_string()),
+            (
+                "j".to_string(),
+                hour(1).start,
+                "b".to_string(),
+                "A".to_string()
+            ),
+            ("k".to_string(), iv.start, "b".to_string(), "A".to_string()),
+        ]
+    );
+}
+
+async fn leases_renew_and_release(h: &Harness) {
+    let s = &h.store;
+    let run = s
+        .create_daemon_run("j", hour(0), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let short = Duration::from_secs(1);
+    for (step, owner) in [("s1", "A"), ("s2", "A"), ("s3", "B")] {
+        assert_eq!(
+            s.claim_step("j", step, hour(0).start, owner, run, short, true)
+                .await
+                .unwrap(),
+            Claim::Acquired
+        );
+    }
+    let before = s.leases().await.unwrap();
+    assert_eq!(
+        s.renew_leases("A", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.renew_leases("nobody", MINUTE).await.unwrap(), 0);
+    let after = s.leases().await.unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (&a.step, &a.owner, a.acquired_at),
+            (&b.step, &b.owner, b.acquired_at)
+        );
+        if a.owner == "A" {
+            assert!(
+                a.expires_at - a.acquired_at >= TimeDelta::seconds(3000),
+                "{a:?}"
+            );
+        } else {
+            assert_eq!(a.expires_at, b.expires_at, "B's lease is not renewed");
+        }
+    }
+    // Renewed past the first ttl: still held.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(
+        s.claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Held { owner, .. } if owner == "A"
+    ));
+    // Only the owner releases a lease.
+    s.release_step("j", "s1", hour(0).start, "B").await.unwrap();
+    assert_eq!(s.leases().await.unwrap().len(), 3);
+    s.release_step("j", "s1", hour(0).start, "A").await.unwrap();
+    assert_eq!(
+        s.claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(s.release_leases("A").await.unwrap(), 1);
+    assert_eq!(s.release_leases("A").await.unwrap(), 0);
+    let left: Vec<_> = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.step, l.owner))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("s1".to_string(), "B".to_string()),
+            ("s3".to_string(), "B".to_string())
+        ],
+        "expired leases are listed too"
+    );
+    assert_eq!(s.release_leases("B").await.unwrap(), 2);
+    assert!(s.leases().await.unwrap().is_empty());
+}
+
+async fn pausing_jobs(h: &Harness) {
+    let s = &h.store;
+    assert!(s.paused_jobs().await.unwrap().is_empty());
+    let before = now_micros() - TimeDelta::seconds(60);
+    assert!(s.set_paused("b", true).await.unwrap());
+    assert!(!s.set_paused("b", true).await.unwrap(), "already paused");
+    assert!(s.set_paused("a", true).await.unwrap());
+    let paused = s.paused_jobs().await.unwrap();
+    let names: Vec<_> = paused.iter().map(|(j, _)| j.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(paused.iter().all(|(_, at)| *at >= before), "{paused:?}");
+    let b_at = paused[1].1;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!s.set_paused("b", true).await.unwrap());
+    assert_eq!(
+        s.paused_jobs().await.unwrap()[1].1,
+        b_at,
+        "pausing again keeps when"
+    );
+    assert!(s.set_paused("a", false).await.unwrap());
+    assert!(!s.set_paused("a", false).await.unwrap(), "not paused");
+    assert!(!s.set_paused("never", false).await.unwrap());
+    assert_eq!(s.paused_jobs().await.unwrap(), [("b".to_string(), b_at)]);
+}
+
+async fn requests_lifecycle(h: &Harness) {
+    let s = &h.store;
+    assert!(s.requests(false, 0).await.unwrap().is_empty());
+    let before = now_micros() - TimeDelta::seconds(60);
+    let spec1 = json!({"at": "2026-03-07T00:00:00Z"});
+    let spec2 = json!({"from": "2026-03-01", "to": "2026-03-07", "steps": ["a", "b"],
+                       "rerun": "failed", "max_active_runs": 2, "nested": {"x": [1, null]}});
+    let r1 = s
+        .submit_request(RequestKind::Trigger, "j", &spec1, 0)
+        .await
+        .unwrap();
+    let r2 = s
+        .submit_request(RequestKind::Backfill, "k", &spec2, 5)
+        .await
+        .unwrap();
+    let r3 = s
+        .submit_request(RequestKind::Trigger, "j", &json!({}), -1)
+        .await
+        .unwrap();
+    assert!(r1 < r2 && r2 < r3);
+
+    let one = s.request(r2).await.unwrap().unwrap();
+    assert_eq!(one.id, r2);
+    assert_eq!(one.kind, RequestKind::Backfill);
+    assert_eq!(one.job, "k");
+    assert_eq!(one.spec, spec2);
+    assert_eq!(one.priority, 5);
+    assert_eq!(one.state, RequestState::Pending);
+    assert_eq!(one.message, None);
+    assert!(one.created_at >= before);
+    assert_eq!(one.updated_at, one.created_at);
+    assert!(s.request(r3 + 100).await.unwrap().is_none());
+
+    let ids =
+        |v: Vec<cranium::store::RequestRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.requests(false, 0).await.unwrap()),
+        [r3, r2, r1],
+        "newest first"
+    );
+    assert_eq!(ids(s.requests(false, 2).await.unwrap()), [r3, r2]);
+    assert_eq!(
+        ids(s.requests(true, 0).await.unwrap()),
+        [r1, r2, r3],
+        "open: oldest first"
+    );
+    assert_eq!(ids(s.requests(true, 1).await.unwrap()), [r1]);
+
+    // The daemon takes r1 up and finishes it.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    s.set_request_state(r1, RequestState::Running, None)
+        .await
+        .unwrap();
+    let running = s.request(r1).await.unwrap().unwrap();
+    assert_eq!(
+        (running.state, running.message.as_deref()),
+        (RequestState::Running, None)
+    );
+    assert!(running.updated_at > running.created_at);
+    assert_eq!(ids(s.requests(true, 0).await.unwrap()), [r1, r2, r3]);
+    s.set_request_state(r1, RequestState::Done, Some("1 run succeeded"))
+        .await
+        .unwrap();
+    let done = s.request(r1).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.message.as_deref()),
+        (RequestState::Done, Some("1 run succeeded"))
+    );
+    assert!(done.state.is_final());
+    assert_eq!(ids(s.requests(true, 0).await.unwrap()), [r2, r3]);
+    assert!(!s.cancel_request(r1).await.unwrap(), "already done");
+    assert_eq!(
+        s.request(r1).await.unwrap().unwrap().state,
+        RequestState::Done
+    );
+
+    // A cancelled request stays cancelled, whatever the daemon says afterwards.
+    s.set_request_state(r2, RequestState::Running, Some("2 runs"))
+        .await
+        .unwrap();
+    assert!(s.cancel_request(r2).await.unwrap());
+    let cancelled = s.request(r2).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, RequestState::Cancelled);
+    assert!(cancelled.message.is_some());
+    s.set_request_state(r2, RequestState::Done, Some("finished"))
+        .await
+        .unwrap();
+    assert_eq!(s.request(r2).await.unwrap().unwrap(), cancelled);
+    assert!(!s.cancel_request(r2).await.unwrap(), "already cancelled");
+    assert!(
+        !s.cancel_request(r3 + 100).await.unwrap(),
+        "no such request"
+    );
+    assert!(s.cancel_request(r3).await.unwrap(), "a pending one");
+    assert!(s.requests(true, 0).await.unwrap().is_empty());
+    assert_eq!(s.requests(false, 0).await.unwrap().len(), 3);
+
+    // The runs a request made, oldest first.
+    let a = s
+        .create_daemon_run("k", hour(0), Trigger::Backfill, Some(r2), 5)
+        .await
+        .unwrap();
+    s.create_daemon_run("k", hour(5), Trigger::Backfill, Some(r3), 5)
+        .await
+        .unwrap();
+    s.create_run("k", hour(6), Trigger::Backfill).await.unwrap();
+    let b = s
+        .create_daemon_run("k", hour(1), Trigger::Backfill, Some(r2), 5)
+        .await
+        .unwrap();
+    let runs = s.request_runs(r2).await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(runs[0], s.run(a).await.unwrap().unwrap());
+    assert!(s.request_runs(r1).await.unwrap().is_empty());
+}
+
+async fn daemon_heartbeats(h: &Harness) {
+    let s = &h.store;
+    assert!(s.daemons().await.unwrap().is_empty());
+    let before = now_micros() - TimeDelta::seconds(60);
+    s.daemon_beat("d1", 4242, "host-a", "0.1.0", &json!({"running": []}))
+        .await
+        .unwrap();
+    let first = s.daemons().await.unwrap();
+    assert_eq!(first.len(), 1);
+    let d = &first[0];
+    assert_eq!(
+        (d.id.as_str(), d.pid, d.host.as_str(), d.version.as_str()),
+        ("d1", 4242, "host-a", "0.1.0")
+    );
+    assert!(d.started_at >= before);
+    assert_eq!(d.heartbeat_at, d.started_at);
+    assert_eq!(d.stopped_at, None);
+    assert_eq!(d.status, json!({"running": []}));
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let status = json!({"project": "abc123", "running": [{"job": "j", "step": "a"}]});
+    s.daemon_beat("d1", 4243, "host-b", "0.2.0", &status)
+        .await
+        .unwrap();
+    let second = s.daemons().await.unwrap();
+    assert_eq!(second.len(), 1);
+    let d2 = &second[0];
+    assert_eq!(d2.started_at, d.started_at, "started_at is kept");
+    assert!(d2.heartbeat_at > d.heartbeat_at, "{d2:?}");
+    assert_eq!(
+        (d2.pid, d2.host.as_str(), d2.version.as_str()),
+        (4243, "host-b", "0.2.0")
+    );
+    assert_eq!(d2.status, status);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.daemon_beat("d2", 1, "host-c", "0.2.0", &json!({}))
+        .await
+        .unwrap();
+    s.daemon_stopped("d1").await.unwrap();
+    s.daemon_stopped("nobody").await.unwrap();
+    let all = s.daemons().await.unwrap();
+    let ids: Vec<_> = all.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["d2", "d1"], "latest heartbeat first");
+    let stopped = all[1].stopped_at.expect("stopped_at is set");
+    assert!(stopped >= d2.heartbeat_at);
+    assert_eq!(
+        all[1].heartbeat_at, d2.heartbeat_at,
+        "stopping is not a beat"
+    );
+    assert_eq!(all[0].stopped_at, None);
+
+    // Beating again clears stopped_at.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.daemon_beat("d1", 4243, "host-b", "0.2.0", &status)
+        .await
+        .unwrap();
+    let all = s.daemons().await.unwrap();
+    assert_eq!(all[0].id, "d1");
+    assert_eq!(all[0].stopped_at, None);
+    assert_eq!(all[0].started_at, d.started_at);
+}
+
+async fn concurrent_claims_acquire_once(h: &Harness) {
+    const TASKS: usize = 8;
+    let second = h.reopen().await.expect("second store");
+    let run = h
+        .store
+        .create_daemon_run("j", hour(0), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let step = format!("s{round}");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let s = if t % 2 == 0 {
+                h.store.clone()
+            } else {
+                second.clone()
+            };
+            let (barrier, step) = (barrier.clone(), step.clone());
+            handles.push(tokio::spawn(async move {
+                let owner = format!("owner-{t}");
+                barrier.wait().await;
+                let claim = s
+                    .claim_step("j", &step, hour(0).start, &owner, run, MINUTE, true)
+                    .await?;
+                Ok::<_, StoreError>((owner, claim))
+            }));
+        }
+        let mut claims = Vec::new();
+        for handle in handles {
+            claims.push(handle.await.expect("task").expect("claim"));
+        }
+        let winners: Vec<_> = claims
+            .iter()
+            .filter(|(_, c)| *c == Claim::Acquired)
+            .map(|(o, _)| o.clone())
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one acquires: {claims:?}");
+        let lease = lease_on(&h.store, &step).await;
+        assert_eq!(lease.owner, winners[0]);
+        for (owner, claim) in &claims {
+            if *owner != winners[0] {
+                assert_eq!(
+                    *claim,
+                    Claim::Held {
+                        owner: winners[0].clone(),
+                        expires_at: lease.expires_at
+                    }
+                );
+            }
+        }
+    }
+    assert_eq!(h.store.leases().await.unwrap().len(), 3);
+}
+
+/// The one lease on `step` of hour(0) of job j.
+async fn lease_on(s: &Store, step: &str) -> cranium::store::LeaseRecord {
+    let leases: Vec<_> = s
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.step == step)
+        .collect();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    leases.into_iter().next().unwrap()
+}
+
+async fn concurrent_decisions_create_one_run(h: &Harness) {
+    const TASKS: usize = 8;
+    let second = h.reopen().await.expect("second store");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let s = if t % 2 == 0 {
+            h.store.clone()
+        } else {
+            second.clone()
+        };
+        let barrier = barrier.clone();
+        handles.push(tokio::spawn(async move {
+            let decision = if t % 3 == 0 {
+                Decision::Skipped {
+                    reason: format!("task {t}"),
+                }
+            } else {
+                Decision::Run { priority: t as i32 }
+            };
+            barrier.wait().await;
+            s.schedule_interval("j", hour(0), &decision).await
+        }));
+    }
+    let mut created = Vec::new();
+    for handle in handles {
+        if let Some(id) = handle.await.expect("task").expect("decide") {
+            created.push(id);
+        }
+    }
+    let runs = runs_of(&h.store, "j").await;
+    let skipped = h.store.skipped_intervals(None, 0).await.unwrap();
+    // One decision won: a run, or a skip.
+    assert_eq!(created.len() + skipped.len(), 1, "{created:?} {skipped:?}");
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), created);
+    assert_eq!(h.store.last_scheduled().await.unwrap()["j"], hour(0).start);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Opening
 // ---------------------------------------------------------------------------------------------
 
@@ -1241,7 +2197,8 @@ async fn postgres_default_schema_parameter_is_applied() {
         .unwrap()
         .get(0);
     assert_eq!(
-        n, 5,
-        "runs, step_attempts, step_intervals, consumer_lag, migrations"
+        n, 10,
+        "runs, step_attempts, step_intervals, consumer_lag, migrations, scheduled_intervals, \
+         step_leases, paused_jobs, requests, daemons"
     );
 }

@@ -621,8 +621,32 @@ pub fn runs(
                 return EXIT_FAILED;
             }
         };
+        // Intervals the daemon passed over (catchup: false), shown with the runs.
+        let skipped = if state.is_none() {
+            match store.skipped_intervals(job, limit).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = writeln!(err, "error: metadata store: {e}");
+                    return EXIT_FAILED;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         match format {
             RunsFormat::Json => {
+                let skipped_json = skipped.iter().map(|s| {
+                    serde_json::json!({
+                        "run_id": null,
+                        "job": s.job,
+                        "interval_start": s.interval.start.to_rfc3339(),
+                        "interval_end": s.interval.end.to_rfc3339(),
+                        "state": "skipped",
+                        "trigger": "schedule",
+                        "reason": s.reason,
+                        "created_at": s.created_at.to_rfc3339(),
+                    })
+                });
                 let v: Vec<serde_json::Value> = runs
                     .iter()
                     .map(|r| {
@@ -638,6 +662,7 @@ pub fn runs(
                             "ended_at": r.ended_at.map(|t| t.to_rfc3339()),
                         })
                     })
+                    .chain(skipped_json)
                     .collect();
                 let _ = writeln!(out, "{}", serde_json::Value::Array(v));
             }
@@ -670,6 +695,21 @@ pub fn runs(
                             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                             .unwrap_or_default(),
                         dur,
+                    ]);
+                }
+                for s in &skipped {
+                    let iv = match c.project.job(&s.job) {
+                        Some(j) => fmt_interval(&s.interval, j),
+                        None => format!("{} .. {}", s.interval.start, s.interval.end),
+                    };
+                    rows.push([
+                        "-".to_string(),
+                        s.job.clone(),
+                        iv,
+                        "skipped".to_string(),
+                        "schedule".to_string(),
+                        String::new(),
+                        s.reason.clone(),
                     ]);
                 }
                 let _ = write!(out, "{}", table(&rows));

@@ -740,7 +740,9 @@ impl Store {
     /// Claims `step` of the interval starting at `interval_start` for `owner` until now + `ttl`.
     /// `Done` when its record says success and `skip_done`; `Held` while another owner's lease
     /// has not expired. Taking a lease marks the step's attempts still recorded as running (their
-    /// runner is gone: its lease expired) failed with [`INTERRUPTED`].
+    /// runner is gone: its lease expired) failed with [`INTERRUPTED`]. A claim by the owner of a
+    /// lease that has not expired renews it (new expiry and run, `acquired_at` kept) and
+    /// interrupts nothing.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_step(
         &self,

@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::{
-    err, first, get, run_from_row, stale_duration, with_timeout, PgStore, INTERRUPTED,
-    RUN_COLUMNS,
+    first, get, run_from_row, stale_duration, with_timeout, PgStore, INTERRUPTED, RUN_COLUMNS,
 };
 use crate::store::{
     Claim, DaemonRecord, DaemonRun, Decision, Interval, LeaseRecord, RequestKind, RequestRecord,
@@ -66,8 +65,7 @@ fn lease_from_row(row: &Row, op: &'static str) -> Result<LeaseRecord, StoreError
     })
 }
 
-const DAEMON_COLUMNS: &str =
-    "id, pid, host, version, started_at, heartbeat_at, stopped_at, status";
+const DAEMON_COLUMNS: &str = "id, pid, host, version, started_at, heartbeat_at, stopped_at, status";
 
 fn daemon_from_row(row: &Row, op: &'static str) -> Result<DaemonRecord, StoreError> {
     Ok(DaemonRecord {
@@ -642,7 +640,10 @@ impl PgStore {
         const OP: &str = "daemons";
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
-            let sql = select!(DAEMON_COLUMNS, "FROM daemons ORDER BY heartbeat_at DESC, id");
+            let sql = select!(
+                DAEMON_COLUMNS,
+                "FROM daemons ORDER BY heartbeat_at DESC, id"
+            );
             let rows = c.query(OP, sql, &[]).await?;
             rows.iter().map(|r| daemon_from_row(r, OP)).collect()
         })

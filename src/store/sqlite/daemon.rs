@@ -371,7 +371,16 @@ impl SqliteStore {
                  expires_at = excluded.expires_at",
             )
             .map_err(err(OP))?
-            .execute(params![job, step, start, owner, run_id, now_s, until(ttl), renewal])
+            .execute(params![
+                job,
+                step,
+                start,
+                owner,
+                run_id,
+                now_s,
+                until(ttl),
+                renewal
+            ])
             .map_err(err(OP))?;
             if !renewal {
                 // Whoever recorded these attempts as running no longer holds the lease.
