@@ -14,6 +14,9 @@
 #   7. rollups      daily active users, recipe runs per channel, partner API health, channel alarms
 #   8. verify       a row changed in production after the export; verify_daily catches it (summary,
 #                   differing row, the alert); the next export and load; verify_daily passes
+#   9. daemon       cranium daemon runs the reference project: the day's jobs paused, a demo job on a
+#                   5-second schedule added by hot reload, status and /health, a refused reload, a
+#                   clean stop with SIGTERM
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
 # password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
@@ -240,5 +243,74 @@ for step in verify_users verify_recipes; do
   "$bin" logs verify_daily "$DAY" "$step" | grep -E "equal" | sed 's/^[^ ]* [A-Z]* *//' | tail -1
 done
 # (Section 4 seeds production afresh on the next run of the demo.)
+
+section "9. daemon: cranium daemon runs the reference project"
+# The reference jobs' real intervals (today's hours and days) are not the demo's data: they are
+# paused, and a demo job on a seconds-level schedule runs beside them, added while the daemon runs.
+port=${CRANIUM_DEMO_PORT:-8181}
+export CRANIUM_LISTEN=127.0.0.1:$port
+tick_job=jobs/demo_tick.yaml
+daemon_pid=
+stop_daemon() {
+  [[ -n $daemon_pid ]] && kill -KILL "$daemon_pid" 2>/dev/null || true
+  rm -f "$tick_job"
+}
+trap stop_daemon EXIT
+for j in events_hourly events_daily product_daily verify_daily; do
+  "$bin" pause "$j" >/dev/null
+done
+echo "\$ cranium pause events_hourly events_daily product_daily verify_daily"
+psql_ -c "CREATE TABLE IF NOT EXISTS analytics.demo_ticks (interval_start timestamptz, ran_at timestamptz DEFAULT now())"
+psql_ -c "TRUNCATE analytics.demo_ticks"
+echo "\$ cranium daemon &   (log: .cranium/daemon.log)"
+"$bin" daemon >.cranium/daemon.log 2>&1 &
+daemon_pid=$!
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  kill -0 "$daemon_pid" 2>/dev/null || { cat .cranium/daemon.log; die "the daemon did not start"; }
+  sleep 0.1
+done
+echo "-- hot reload: jobs/demo_tick.yaml appears while the daemon runs"
+cat >"$tick_job" <<'YAML'
+job: demo_tick
+description: A demo job on a 5-second schedule (scripts/demo.sh writes and removes it).
+schedule: "*/5 * * * * *"
+start: 2026-01-01
+steps:
+  - id: tick
+    kind: sql
+    connection: warehouse
+    query: INSERT INTO analytics.demo_ticks (interval_start) VALUES ({{ interval_start | sql_literal }})
+  - id: done
+    kind: noop
+    after: [tick]
+YAML
+sleep 12
+grep -m1 "reloaded the project" .cranium/daemon.log | sed 's/^[^ ]* *//' || die "the daemon did not reload"
+echo
+echo "\$ cranium status"
+"$bin" status
+echo
+echo "\$ curl -s http://127.0.0.1:$port/health"
+curl -s "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; h=json.load(sys.stdin); print(json.dumps({k: h[k] for k in ("version","store","project_hash","jobs","paused","last_tick","active_runs","running_steps","max_running_steps","pools","reload_errors")}, indent=1))'
+echo
+echo "-- a broken edit is refused; the previous version keeps running"
+sed -i 's/^schedule:/schedul:/' "$tick_job"
+sleep 3
+curl -s "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; print("reload_errors:", json.load(sys.stdin)["reload_errors"])'
+sed -i 's/^schedul:/schedule:/' "$tick_job"
+sleep 6
+echo
+echo "\$ kill -TERM $daemon_pid   (a clean stop: running steps finish, leases are released)"
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || die "the daemon did not stop cleanly"
+daemon_pid=
+grep -E "stopping|daemon stopped" .cranium/daemon.log | sed 's/^[^ ]* *//'
+psql_ -At -c "SELECT 'demo_tick ran ' || count(*) || ' intervals, ' || count(DISTINCT interval_start) || ' distinct, the last at ' || to_char(max(interval_start), 'HH24:MI:SS') FROM analytics.demo_ticks"
+"$bin" runs demo_tick --limit 3 2>/dev/null || true
+rm -f "$tick_job"
+for j in events_hourly events_daily product_daily verify_daily; do
+  "$bin" unpause "$j" >/dev/null
+done
 
 echo "demo: done in $(( $(date +%s) - started ))s after the build"
