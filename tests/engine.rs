@@ -736,3 +736,70 @@ async fn cancel_stops_running_steps() {
     assert_eq!(rec.state, StepState::Pending);
     let _ = Arc::clone(&e.project);
 }
+
+/// `sql` steps borrow pooled connections: 8 steps at once on a connection with
+/// `max_connections: 2` use at most 2 server sessions, across runs too, and what one step sets in
+/// its session (search_path) does not leak into the next step that gets the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_steps_share_pooled_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = format!("pool_{}", suffix());
+    std::fs::write(
+        dir.path().join("cranium.yaml"),
+        format!("connections:\n  pg:\n    kind: postgres\n    url: {PG}\n    max_connections: 2\n"),
+    )
+    .expect("cranium.yaml");
+    std::fs::create_dir_all(dir.path().join("jobs")).expect("jobs");
+    let mut steps = String::new();
+    for i in 0..8 {
+        steps.push_str(&format!(
+            "  - id: s{i}\n    kind: sql\n    connection: pg\n    query: \"INSERT INTO public.{t} VALUES (pg_backend_pid(), {i}, current_setting('search_path')); SET search_path TO nowhere_{i}; SELECT pg_sleep(0.2)\"\n    transaction: false\n"
+        ));
+    }
+    std::fs::write(
+        dir.path().join("jobs/p.yaml"),
+        format!("job: p\nschedule: \"@daily\"\nstart: 2026-03-01\nsteps:\n{steps}"),
+    )
+    .expect("job");
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE public.{t} (pid int, step int, search_path text)"
+        ))
+        .await
+        .expect("create");
+    let eng = engine(dir.path(), Backend::Sqlite).await;
+    for d in ["2026-03-01", "2026-03-02"] {
+        let r = eng
+            .run_interval("p", day(d), &RunOptions::default(), CancellationToken::new())
+            .await
+            .expect("run");
+        assert!(r.succeeded(), "{:?}", r.steps);
+    }
+    let client = pg().await;
+    let pids: i64 = client
+        .query_one(&format!("SELECT count(DISTINCT pid) FROM public.{t}"), &[])
+        .await
+        .expect("pids")
+        .get(0);
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .await
+        .expect("rows")
+        .get(0);
+    assert_eq!(rows, 16);
+    assert!(pids <= 2, "16 steps used {pids} server sessions");
+    // No step saw another's SET: the session was reset before the next borrower.
+    let leaked: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM public.{t} WHERE search_path LIKE '%nowhere%'"),
+            &[],
+        )
+        .await
+        .expect("leaks")
+        .get(0);
+    assert_eq!(leaked, 0);
+    client
+        .batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+}

@@ -149,6 +149,10 @@ pub struct DatabaseConnection {
     /// Timeout for opening a connection (default 10s).
     #[serde(default)]
     pub connect_timeout: Option<HumanDuration>,
+    /// Connections the process keeps to this database at most, shared by its `sql` and `lua`
+    /// steps (default 10); a step waits for one when all are lent.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// Redshift only: the IAM role that COPY and UNLOAD use.
     #[serde(default)]
     pub iam_role: Option<String>,

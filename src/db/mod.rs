@@ -24,6 +24,7 @@
 
 pub mod mysql;
 pub mod pg_binary;
+pub mod pool;
 pub mod postgres;
 
 use std::time::Duration;
@@ -184,6 +185,22 @@ impl DbClient {
             DbKind::MySql => mysql::MyClient::connect(url, timeout)
                 .await
                 .map(DbClient::MySql),
+        }
+    }
+
+    /// Whether the connection can take another call (not given up, not closed).
+    pub fn is_usable(&self) -> bool {
+        match self {
+            DbClient::Postgres(c) => c.is_usable(),
+            DbClient::MySql(c) => c.is_usable(),
+        }
+    }
+
+    /// Back to a fresh session, for the next user of a pooled connection.
+    pub async fn reset_session(&mut self) -> Result<(), DbError> {
+        match self {
+            DbClient::Postgres(c) => c.reset_session().await,
+            DbClient::MySql(c) => c.reset_session().await,
         }
     }
 

@@ -90,6 +90,34 @@ impl MyClient {
         self.id
     }
 
+    /// Whether the connection can take another call (not given up, not closed).
+    pub fn is_usable(&self) -> bool {
+        self.broken.is_none() && self.conn.is_some()
+    }
+
+    /// Puts a pooled connection back to a fresh session (`COM_RESET_CONNECTION`, then the
+    /// session settings of a new connection: utf8mb4, UTC): what one step set does not leak into
+    /// the next. A failure gives the connection up.
+    pub async fn reset_session(&mut self) -> Result<(), DbError> {
+        let target = self.target.clone();
+        let conn = self.conn()?;
+        let reset = async {
+            conn.reset().await?;
+            conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await
+        };
+        match tokio::time::timeout(super::CLEANUP_TIMEOUT, reset).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.give_up("resetting the session failed");
+                Err(unusable(&target, &format!("resetting the session: {e}")))
+            }
+            Err(_) => {
+                self.give_up("resetting the session timed out");
+                Err(unusable(&target, "resetting the session timed out"))
+            }
+        }
+    }
+
     fn give_up(&mut self, reason: &str) {
         tracing::warn!(reason, "giving up a mysql connection");
         self.broken = Some(reason.to_string());

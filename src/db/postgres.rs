@@ -115,6 +115,33 @@ impl PgClient {
         }
     }
 
+    /// Whether the connection can take another call (not given up, not closed).
+    pub fn is_usable(&self) -> bool {
+        self.usable().is_ok()
+    }
+
+    /// Puts a pooled connection back to a fresh session (`DISCARD ALL`; `RESET ALL` on Redshift,
+    /// which has no DISCARD): what one step set (search_path, time zone, temporary tables,
+    /// prepared statements) does not leak into the next. A failure gives the connection up.
+    pub async fn reset_session(&mut self) -> Result<(), DbError> {
+        self.usable()?;
+        let sql = match self.kind {
+            DbKind::Redshift => "RESET ALL",
+            _ => "DISCARD ALL",
+        };
+        match tokio::time::timeout(super::CLEANUP_TIMEOUT, self.client.batch_execute(sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.give_up("resetting the session failed");
+                Err(unusable(&self.target, &format!("{sql} failed: {}", error_text(&e))))
+            }
+            Err(_) => {
+                self.give_up("resetting the session timed out");
+                Err(unusable(&self.target, "resetting the session timed out"))
+            }
+        }
+    }
+
     fn give_up(&mut self, reason: &str) {
         tracing::warn!(reason, "giving up a postgres connection");
         self.broken = Some(reason.to_string());

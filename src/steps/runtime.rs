@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::project::DatabaseConnection;
 use crate::config::{Connection, ConnectionKind};
+use crate::db::pool::Pooled;
 use crate::db::{DbClient, DbError, DbKind};
 use crate::engine::logs::AttemptLog;
 use crate::project::{Job, Project, StepSpec};
@@ -176,9 +177,16 @@ impl RunCx {
             })
     }
 
-    /// Open the database connection `name`.
+    /// Open the database connection `name` (a connection of the step's own, for steps that keep
+    /// it for a long export or load).
     pub async fn connect(&self, name: &str) -> Result<(DbClient, Dialect), StepError> {
         connect(&self.project, name).await
+    }
+
+    /// Borrow a connection to `name` from the process's pool for this attempt (waiting, within
+    /// the attempt's deadline, when all of its `max_connections` are lent).
+    pub async fn pooled(&self, name: &str) -> Result<(Pooled, Dialect), StepError> {
+        pooled(&self.project, name, self.deadline, &self.cancel).await
     }
 
     /// A client for the s3 connection `name` and the bucket to use: `bucket` (a template) when given,
@@ -272,6 +280,31 @@ pub fn database_url(kind: ConnectionKind, d: &DatabaseConnection) -> String {
     )
 }
 
+/// Borrow a pooled connection by name.
+pub async fn pooled(
+    project: &Project,
+    name: &str,
+    deadline: Option<Instant>,
+    cancel: &CancellationToken,
+) -> Result<(Pooled, Dialect), StepError> {
+    let (kind, url, dialect, timeout) = database_target(project, name)?;
+    let max = match project.connections.get(name) {
+        Some(Connection::Database(_, d)) => d.max_connections,
+        _ => None,
+    }
+    .map_or(crate::db::pool::DEFAULT_MAX_CONNECTIONS, |n| n as usize);
+    let client = crate::db::pool::checkout(kind, &url, timeout, max, deadline, cancel)
+        .await
+        .map_err(|e| {
+            StepError::external(
+                project
+                    .redactor
+                    .redact(&format!("connection '{name}': {e}")),
+            )
+        })?;
+    Ok((client, dialect))
+}
+
 /// Open a database connection by name.
 pub async fn connect(project: &Project, name: &str) -> Result<(DbClient, Dialect), StepError> {
     let (kind, url, dialect, timeout) = database_target(project, name)?;
@@ -285,14 +318,14 @@ pub async fn connect(project: &Project, name: &str) -> Result<(DbClient, Dialect
     Ok((client, dialect))
 }
 
-/// Database access for Lua scripts: one connection per name, opened on first use.
+/// Database access for Lua scripts: one pooled connection per name, borrowed on first use.
 pub struct ProjectDb {
     pub project: Arc<Project>,
     /// Connections the script may use; None = every database connection.
     pub allowed: Option<Vec<String>>,
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
-    clients: tokio::sync::Mutex<HashMap<String, DbClient>>,
+    clients: tokio::sync::Mutex<HashMap<String, Pooled>>,
 }
 
 impl ProjectDb {
@@ -315,7 +348,7 @@ impl ProjectDb {
     async fn client(
         &self,
         name: &str,
-    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, DbClient>>, String> {
+    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Pooled>>, String> {
         if let Some(allowed) = &self.allowed {
             if !allowed.iter().any(|a| a == name) {
                 return Err(format!(
@@ -325,7 +358,9 @@ impl ProjectDb {
         }
         let mut clients = self.clients.lock().await;
         if !clients.contains_key(name) {
-            let (c, _) = connect(&self.project, name).await.map_err(|e| e.message)?;
+            let (c, _) = pooled(&self.project, name, self.deadline, &self.cancel)
+                .await
+                .map_err(|e| e.message)?;
             clients.insert(name.to_string(), c);
         }
         Ok(clients)

@@ -61,7 +61,7 @@ impl SqlStep {
             cx.log.warn("the SQL has no statements");
             return Ok(StepOutput::default());
         }
-        let (mut client, _) = cx.connect(&self.connection).await?;
+        let (mut client, _) = cx.pooled(&self.connection).await?;
         cx.log.info(&format!(
             "running {} statement(s) from {name} on '{}'{}",
             statements.len(),
