@@ -572,3 +572,108 @@ async fn a_second_daemon_on_one_sqlite_store_is_refused() {
     assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
     assert!(msg.contains(".cranium/state.db"), "{msg}");
 }
+
+/// Whatever ends an attempt (success, failure, timeout, cancellation, its job deleted by a
+/// reload), its slot and its lease come back: nothing can leave a pool or a schedule blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = "postgres://postgres@127.0.0.1:5432/test";
+    let steps = "  - id: ok\n    kind: noop\n    pool: p\n\
+                 \x20 - id: broken_sql\n    kind: sql\n    connection: pg\n    query: SELECT * FROM no_such_table_anywhere\n    pool: p\n\
+                 \x20 - id: too_slow\n    kind: noop\n    sleep: 10s\n    timeout: 200ms\n    pool: p\n";
+    project(
+        dir.path(),
+        &format!("  max_running_steps: 3\npools:\n  p: 3\nconnections:\n  pg:\n    kind: postgres\n    url: {pg}\n"),
+        &[
+            ("ends", &job("ends", "@hourly", "UTC", "2026-03-01", "", steps)),
+            (
+                "doomed",
+                &job(
+                    "doomed",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "",
+                    "  - id: slow\n    kind: noop\n    sleep: 500ms\n",
+                ),
+            ),
+        ],
+    );
+    let clock = Arc::new(ManualClock::new(t("2026-03-01T10:05:00Z")));
+    let mut d = start(dir.path(), &clock).await;
+    let store = d.store().clone();
+    d.tick().await;
+    assert_eq!(d.running_steps(), 3, "the pool and the global limit are full");
+    // The doomed job's file goes away while its step runs (it waits for a slot first).
+    std::fs::remove_file(dir.path().join("jobs/doomed.yaml")).expect("rm");
+    assert!(d.maybe_reload().await);
+    d.settle().await;
+    assert_eq!(d.running_steps(), 0);
+    assert_eq!(d.active_runs(), 0);
+    let st = d.shared.get();
+    assert_eq!(st.pools.iter().map(|p| p.used).sum::<usize>(), 0, "{:?}", st.pools);
+    assert!(store.leases().await.expect("leases").is_empty(), "a lease was left behind");
+    let state = |step: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .step_state("ends", step, t("2026-03-01T09:00:00Z"))
+                .await
+                .expect("state")
+                .map(|r| r.state)
+        }
+    };
+    use cranium::store::StepState::*;
+    assert_eq!(state("ok").await, Some(Success));
+    assert_eq!(state("broken_sql").await, Some(Failed));
+    assert_eq!(state("too_slow").await, Some(Failed));
+    let attempts = store
+        .attempts("ends", t("2026-03-01T09:00:00Z"), Some("too_slow"))
+        .await
+        .expect("attempts");
+    assert!(
+        attempts[0].error.as_deref().unwrap_or("").contains("timed out"),
+        "{attempts:?}"
+    );
+    // The deleted job's run finished with the version it started with.
+    let doomed = runs_of(&store, "doomed").await;
+    assert_eq!(doomed.len(), 1);
+    assert_eq!(doomed[0].state, RunState::Success);
+    // Cancellation: a long step of a triggered run, its request cancelled.
+    std::fs::write(
+        dir.path().join("jobs/doomed.yaml"),
+        job("doomed", "@hourly", "UTC", "2026-03-01", "", "  - id: slow\n    kind: noop\n    sleep: 30s\n"),
+    )
+    .expect("write");
+    assert!(d.maybe_reload().await);
+    store.set_paused("doomed", true).await.expect("pause");
+    let id = store
+        .submit_request(
+            RequestKind::Trigger,
+            "doomed",
+            &serde_json::json!({"start": "2026-03-01T05:00:00Z", "end": "2026-03-01T06:00:00Z"}),
+            0,
+        )
+        .await
+        .expect("trigger");
+    d.housekeeping().await;
+    d.tick().await;
+    assert_eq!(d.running_steps(), 1);
+    assert_eq!(store.leases().await.expect("leases").len(), 1);
+    store.cancel_request(id).await.expect("cancel");
+    let wall = std::time::Instant::now();
+    d.settle().await;
+    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "the cancel took {:?}", wall.elapsed());
+    assert_eq!(d.running_steps(), 0);
+    assert!(store.leases().await.expect("leases").is_empty());
+    assert_eq!(
+        store
+            .step_state("doomed", "slow", t("2026-03-01T05:00:00Z"))
+            .await
+            .expect("state")
+            .map(|r| r.state),
+        Some(Pending),
+        "a cancelled attempt goes back to pending"
+    );
+}
