@@ -298,7 +298,10 @@ fn main() -> ExitCode {
         LogOut::Json => LogFormat::Json,
     };
     // The daemon says what it does (info) by default; the other commands only warn.
-    commands::init_logging(log_format, cli.verbose || matches!(cli.command, Command::Daemon));
+    commands::init_logging(
+        log_format,
+        cli.verbose || matches!(cli.command, Command::Daemon),
+    );
     let mut out = std::io::stdout();
     // Not locked: tracing and progress output write to stderr from other threads.
     let mut err = std::io::stderr();

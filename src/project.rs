@@ -924,14 +924,19 @@ fn build_job(
         let timeout = c.timeout.or(d.timeout).or(pd.timeout).map(|d| d.0);
         if let Some(pool) = &c.pool {
             if !project.pools.contains_key(pool) {
-                out.push(file.error_at_value(
-                    &path.key("pool"),
-                    "unknown-pool",
-                    format!(
-                        "unknown pool '{pool}'{}",
-                        did_you_mean(pool, project.pools.keys().map(|s| s.as_str()))
+                out.push(
+                    file.error_at_value(
+                        &path.key("pool"),
+                        "unknown-pool",
+                        format!(
+                            "unknown pool '{pool}'{}",
+                            did_you_mean(pool, project.pools.keys().map(|s| s.as_str()))
+                        ),
+                    )
+                    .help(
+                        "declare it under `pools:` in cranium.yaml, e.g. `pools: { warehouse: 4 }`",
                     ),
-                ).help("declare it under `pools:` in cranium.yaml, e.g. `pools: { warehouse: 4 }`"));
+                );
             }
         }
         specs.push((

@@ -77,11 +77,15 @@ async fn assert_exactly(store: &Store, root: &Path, job: &str, from: &str, to: &
         runs.iter().all(|r| r.state == RunState::Success),
         "{job}: not every run succeeded"
     );
-    let checked = cranium::check::check(root, &Env::from_pairs::<_, &str, &str>([])).expect("check");
+    let checked =
+        cranium::check::check(root, &Env::from_pairs::<_, &str, &str>([])).expect("check");
     let j = checked.project.job(job).expect("job");
     let expected: Vec<DateTime<Utc>> = j
         .calendar
-        .intervals(parse_time(from, tz).expect("from"), parse_time(to, tz).expect("to"))
+        .intervals(
+            parse_time(from, tz).expect("from"),
+            parse_time(to, tz).expect("to"),
+        )
         .into_iter()
         .map(|i| i.start)
         .collect();
@@ -114,11 +118,25 @@ async fn a_week_across_dst_runs_every_interval_once() {
             &[
                 (
                     "hourly",
-                    &job("hourly", "@hourly", tz_name, from, "catchup: true\n", ONE_STEP),
+                    &job(
+                        "hourly",
+                        "@hourly",
+                        tz_name,
+                        from,
+                        "catchup: true\n",
+                        ONE_STEP,
+                    ),
                 ),
                 (
                     "daily",
-                    &job("daily", "30 2 * * *", tz_name, from, "catchup: true\n", ONE_STEP),
+                    &job(
+                        "daily",
+                        "30 2 * * *",
+                        tz_name,
+                        from,
+                        "catchup: true\n",
+                        ONE_STEP,
+                    ),
                 ),
             ],
         );
@@ -137,7 +155,11 @@ async fn a_week_across_dst_runs_every_interval_once() {
         assert_eq!(daily.len(), 6, "{tz_name}: {daily:?}");
         assert!(daily.iter().all(|r| r.state == RunState::Success));
         let n = runs_of(&store, "hourly").await.len();
-        assert_eq!(n, 7 * 24 - 1, "{tz_name}: a spring-forward week has 167 hours");
+        assert_eq!(
+            n,
+            7 * 24 - 1,
+            "{tz_name}: a spring-forward week has 167 hours"
+        );
         assert!(
             wall.elapsed() < std::time::Duration::from_secs(60),
             "a week took {:?}",
@@ -168,7 +190,13 @@ async fn an_outage_with_catchup_runs_every_missed_interval_and_without_runs_the_
         let clock = Arc::new(ManualClock::new(t("2026-03-01T00:00:00Z")));
         {
             let mut d = start(dir.path(), &clock).await;
-            drive(&mut d, &clock, t("2026-03-01T06:05:00Z"), Duration::minutes(30)).await;
+            drive(
+                &mut d,
+                &clock,
+                t("2026-03-01T06:05:00Z"),
+                Duration::minutes(30),
+            )
+            .await;
         }
         // Down for ten hours.
         clock.set(t("2026-03-01T16:05:00Z"));
@@ -180,7 +208,10 @@ async fn an_outage_with_catchup_runs_every_missed_interval_and_without_runs_the_
             .iter()
             .map(|r| r.interval.start.format("%H").to_string())
             .collect();
-        let skipped = store.skipped_intervals(Some("h"), 0).await.expect("skipped");
+        let skipped = store
+            .skipped_intervals(Some("h"), 0)
+            .await
+            .expect("skipped");
         if catchup {
             let want: Vec<String> = (0..16).map(|h| format!("{h:02}")).collect();
             assert_eq!(starts, want);
@@ -214,7 +245,14 @@ async fn max_active_runs_bounds_the_runs_of_a_job() {
         "",
         &[(
             "h",
-            &job("h", "@hourly", "UTC", "2026-03-01", "catchup: true\nmax_active_runs: 2\n", slow),
+            &job(
+                "h",
+                "@hourly",
+                "UTC",
+                "2026-03-01",
+                "catchup: true\nmax_active_runs: 2\n",
+                slow,
+            ),
         )],
     );
     let clock = Arc::new(ManualClock::new(t("2026-03-01T10:00:00Z")));
@@ -223,7 +261,11 @@ async fn max_active_runs_bounds_the_runs_of_a_job() {
     assert_eq!(d.active_runs(), 2);
     assert_eq!(d.running_steps(), 2);
     d.tick().await;
-    assert_eq!(d.active_runs(), 2, "a second tick adds no run past the limit");
+    assert_eq!(
+        d.active_runs(),
+        2,
+        "a second tick adds no run past the limit"
+    );
     d.settle().await;
     let runs = runs_of(d.store(), "h").await;
     assert_eq!(runs.len(), 10);
@@ -246,14 +288,31 @@ async fn a_backlog_in_one_pool_does_not_hold_back_another_and_priority_ranks_fir
         "  max_running_steps: 6\npools:\n  warehouse: 4\n  kafka: 2\n",
         &[
             ("big", &job("big", "@hourly", "UTC", "2026-03-01", "", &big)),
-            ("small", &job("small", "@hourly", "UTC", "2026-03-01", "", small)),
+            (
+                "small",
+                &job("small", "@hourly", "UTC", "2026-03-01", "", small),
+            ),
             (
                 "urgent",
-                &job("urgent", "@hourly", "UTC", "2026-03-01", "priority: 10\n", loose),
+                &job(
+                    "urgent",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "priority: 10\n",
+                    loose,
+                ),
             ),
             (
                 "later",
-                &job("later", "@hourly", "UTC", "2026-03-01", "priority: -5\n", loose),
+                &job(
+                    "later",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "priority: -5\n",
+                    loose,
+                ),
             ),
         ],
     );
@@ -261,10 +320,11 @@ async fn a_backlog_in_one_pool_does_not_hold_back_another_and_priority_ranks_fir
     let mut d = start(dir.path(), &clock).await;
     d.tick().await;
     let st = d.shared.get();
-    let by_job: BTreeMap<String, usize> = st.running_steps.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r.job.clone()).or_default() += 1;
-        m
-    });
+    let by_job: BTreeMap<String, usize> =
+        st.running_steps.iter().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.job.clone()).or_default() += 1;
+            m
+        });
     // 6 slots: urgent first (priority 10); then big's 1,000 warehouse steps rank before small's
     // kafka step (same priority and due time, an older run), but only 4 fit their pool, so
     // small's step starts at once; `later` (priority -5) waits for a slot.
@@ -307,9 +367,19 @@ async fn a_paused_job_creates_nothing_and_catchup_decides_on_unpause() {
         let store = d.store().clone();
         assert_eq!(runs_of(&store, "h").await.len(), 1);
         store.set_paused("h", true).await.expect("pause");
-        drive(&mut d, &clock, t("2026-03-01T05:30:00Z"), Duration::minutes(30)).await;
+        drive(
+            &mut d,
+            &clock,
+            t("2026-03-01T05:30:00Z"),
+            Duration::minutes(30),
+        )
+        .await;
         assert_eq!(runs_of(&store, "h").await.len(), 1, "paused: no runs");
-        assert!(store.skipped_intervals(Some("h"), 0).await.expect("s").is_empty());
+        assert!(store
+            .skipped_intervals(Some("h"), 0)
+            .await
+            .expect("s")
+            .is_empty());
         store.set_paused("h", false).await.expect("unpause");
         d.settle().await;
         let runs = runs_of(&store, "h").await;
@@ -334,7 +404,14 @@ async fn a_schedule_edited_after_its_interval_ran_never_fires_it_again() {
             "",
             &[(
                 "h",
-                &job("h", schedule, "UTC", "2026-03-01", "catchup: true\nmax_active_runs: 50\n", ONE_STEP),
+                &job(
+                    "h",
+                    schedule,
+                    "UTC",
+                    "2026-03-01",
+                    "catchup: true\nmax_active_runs: 50\n",
+                    ONE_STEP,
+                ),
             )],
         )
     };
@@ -344,7 +421,7 @@ async fn a_schedule_edited_after_its_interval_ran_never_fires_it_again() {
     d.settle().await;
     let store = d.store().clone();
     assert_eq!(runs_of(&store, "h").await.len(), 11); // 00:00 .. 10:00
-    // Every two hours now: the 10:00-12:00 interval starts where a run already started.
+                                                      // Every two hours now: the 10:00-12:00 interval starts where a run already started.
     write("0 */2 * * *");
     // A different size and time, whatever the file system's time resolution.
     std::fs::write(dir.path().join("jobs/pad.yaml.txt"), "x").ok();
@@ -422,7 +499,10 @@ async fn a_downstream_job_starts_as_soon_as_its_upstream_succeeds() {
         .expect("attempts")[0]
         .started_at;
     let gap = (down_start - up_end).num_milliseconds();
-    assert!((0..1000).contains(&gap), "the downstream started {gap} ms after the upstream ended");
+    assert!(
+        (0..1000).contains(&gap),
+        "the downstream started {gap} ms after the upstream ended"
+    );
     assert!(wall.elapsed() < std::time::Duration::from_secs(5));
 }
 
@@ -445,13 +525,28 @@ async fn a_reload_that_breaks_a_file_is_refused_and_the_old_version_runs_on() {
     assert!(!d.maybe_reload().await, "a broken project is refused");
     let errors = d.shared.get().reload_errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with("error: jobs/h.yaml:7:5: "), "{}", errors[0]);
+    assert!(
+        errors[0].starts_with("error: jobs/h.yaml:7:5: "),
+        "{}",
+        errors[0]
+    );
     clock.set(t("2026-03-01T11:05:00Z"));
     d.settle().await;
-    assert_eq!(runs_of(d.store(), "h").await.len(), 2, "the old version runs on");
+    assert_eq!(
+        runs_of(d.store(), "h").await.len(),
+        2,
+        "the old version runs on"
+    );
     std::fs::write(
         dir.path().join("jobs/h.yaml"),
-        job("h", "@hourly", "UTC", "2026-03-01", "", "  - id: a\n    kind: noop\n  - id: b\n    kind: noop\n    after: [a]\n"),
+        job(
+            "h",
+            "@hourly",
+            "UTC",
+            "2026-03-01",
+            "",
+            "  - id: a\n    kind: noop\n  - id: b\n    kind: noop\n    after: [a]\n",
+        ),
     )
     .expect("write");
     assert!(d.maybe_reload().await);
@@ -525,7 +620,9 @@ async fn triggers_and_submitted_backfills_run_and_a_backfill_can_be_cancelled() 
         let at = t(&format!("2026-03-01T{h:02}:00:00Z"));
         let attempts = store.attempts("h", at, Some("a")).await.expect("attempts");
         assert_eq!(attempts.len(), 1, "hour {h}: {attempts:?}");
-        assert!(runs.iter().any(|r| r.interval.start == at && r.state == RunState::Success));
+        assert!(runs
+            .iter()
+            .any(|r| r.interval.start == at && r.state == RunState::Success));
     }
 
     // A long backfill, cancelled after its first runs.
@@ -555,7 +652,11 @@ async fn triggers_and_submitted_backfills_run_and_a_backfill_can_be_cancelled() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_one_sqlite_store_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    project(dir.path(), "", &[("h", &job("h", "@hourly", "UTC", "2026-03-01", "", ONE_STEP))]);
+    project(
+        dir.path(),
+        "",
+        &[("h", &job("h", "@hourly", "UTC", "2026-03-01", "", ONE_STEP))],
+    );
     let clock = Arc::new(ManualClock::new(t("2026-03-01T10:05:00Z")));
     let _d = start(dir.path(), &clock).await;
     let err = Daemon::start(DaemonOptions {
@@ -569,7 +670,10 @@ async fn a_second_daemon_on_one_sqlite_store_is_refused() {
     .err()
     .expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     assert!(msg.contains(".cranium/state.db"), "{msg}");
 }
 
@@ -604,7 +708,11 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
     let mut d = start(dir.path(), &clock).await;
     let store = d.store().clone();
     d.tick().await;
-    assert_eq!(d.running_steps(), 3, "the pool and the global limit are full");
+    assert_eq!(
+        d.running_steps(),
+        3,
+        "the pool and the global limit are full"
+    );
     // The doomed job's file goes away while its step runs (it waits for a slot first).
     std::fs::remove_file(dir.path().join("jobs/doomed.yaml")).expect("rm");
     assert!(d.maybe_reload().await);
@@ -612,8 +720,16 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
     assert_eq!(d.running_steps(), 0);
     assert_eq!(d.active_runs(), 0);
     let st = d.shared.get();
-    assert_eq!(st.pools.iter().map(|p| p.used).sum::<usize>(), 0, "{:?}", st.pools);
-    assert!(store.leases().await.expect("leases").is_empty(), "a lease was left behind");
+    assert_eq!(
+        st.pools.iter().map(|p| p.used).sum::<usize>(),
+        0,
+        "{:?}",
+        st.pools
+    );
+    assert!(
+        store.leases().await.expect("leases").is_empty(),
+        "a lease was left behind"
+    );
     let state = |step: &'static str| {
         let store = store.clone();
         async move {
@@ -633,7 +749,11 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
         .await
         .expect("attempts");
     assert!(
-        attempts[0].error.as_deref().unwrap_or("").contains("timed out"),
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
         "{attempts:?}"
     );
     // The deleted job's run finished with the version it started with.
@@ -643,7 +763,14 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
     // Cancellation: a long step of a triggered run, its request cancelled.
     std::fs::write(
         dir.path().join("jobs/doomed.yaml"),
-        job("doomed", "@hourly", "UTC", "2026-03-01", "", "  - id: slow\n    kind: noop\n    sleep: 30s\n"),
+        job(
+            "doomed",
+            "@hourly",
+            "UTC",
+            "2026-03-01",
+            "",
+            "  - id: slow\n    kind: noop\n    sleep: 30s\n",
+        ),
     )
     .expect("write");
     assert!(d.maybe_reload().await);
@@ -664,7 +791,11 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
     store.cancel_request(id).await.expect("cancel");
     let wall = std::time::Instant::now();
     d.settle().await;
-    assert!(wall.elapsed() < std::time::Duration::from_secs(5), "the cancel took {:?}", wall.elapsed());
+    assert!(
+        wall.elapsed() < std::time::Duration::from_secs(5),
+        "the cancel took {:?}",
+        wall.elapsed()
+    );
     assert_eq!(d.running_steps(), 0);
     assert!(store.leases().await.expect("leases").is_empty());
     assert_eq!(

@@ -770,7 +770,12 @@ async fn sql_steps_share_pooled_connections() {
     let eng = engine(dir.path(), Backend::Sqlite).await;
     for d in ["2026-03-01", "2026-03-02"] {
         let r = eng
-            .run_interval("p", day(d), &RunOptions::default(), CancellationToken::new())
+            .run_interval(
+                "p",
+                day(d),
+                &RunOptions::default(),
+                CancellationToken::new(),
+            )
             .await
             .expect("run");
         assert!(r.succeeded(), "{:?}", r.steps);

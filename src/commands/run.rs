@@ -143,7 +143,12 @@ pub(crate) fn job_of<'a>(c: &'a Checked, name: &str, err: &mut dyn Write) -> Res
     })
 }
 
-pub(crate) fn parse_time(s: &str, job: &Job, flag: &str, err: &mut dyn Write) -> Result<DateTime<Utc>, i32> {
+pub(crate) fn parse_time(
+    s: &str,
+    job: &Job,
+    flag: &str,
+    err: &mut dyn Write,
+) -> Result<DateTime<Utc>, i32> {
     schedule::parse_time(s, job.timezone).map_err(|e| {
         let _ = writeln!(err, "error: {flag}: {e}");
         EXIT_USAGE

@@ -84,16 +84,18 @@ impl Shared {
 }
 
 fn live(s: &Status, now: DateTime<Utc>) -> bool {
-    s.last_tick.is_some_and(|t| {
-        (now - t).to_std().unwrap_or(Duration::ZERO) <= LIVE_WITHIN
-    })
+    s.last_tick
+        .is_some_and(|t| (now - t).to_std().unwrap_or(Duration::ZERO) <= LIVE_WITHIN)
 }
 
 async fn livez(State(s): State<Shared>) -> impl IntoResponse {
     if live(&s.get(), Utc::now()) {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the scheduling loop has not ticked recently\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduling loop has not ticked recently\n",
+        )
     }
 }
 

@@ -55,7 +55,11 @@ pub fn lock_sqlite_store(db: &Path) -> Result<StoreLock, LockError> {
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim().to_string();
             return Err(LockError::Held {
-                pid: if pid.is_empty() { "unknown".into() } else { pid },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                },
                 store: db.display().to_string(),
                 lock: path.display().to_string(),
             });

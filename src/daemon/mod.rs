@@ -70,7 +70,9 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(10);
 pub enum DaemonError {
     #[error("{0}")]
     Project(#[from] ProjectError),
-    #[error("the project has errors; fix them (see `cranium check`) before starting the daemon:\n{0}")]
+    #[error(
+        "the project has errors; fix them (see `cranium check`) before starting the daemon:\n{0}"
+    )]
     Check(String),
     #[error("cannot open the metadata store: {0}")]
     Store(#[from] StoreError),
@@ -391,7 +393,7 @@ impl Daemon {
                 self.active.insert(
                     run_id,
                     Active {
-                        run,
+                        run: *run,
                         engine,
                         priority,
                         request: request.map(|r| r.id),
@@ -422,7 +424,12 @@ impl Daemon {
         if let Some(cached) = self.next_due.get(&j.name) {
             return *cached;
         }
-        let nd = plan::next_due(&j.calendar, j.catchup, now, self.watermarks.get(&j.name).copied());
+        let nd = plan::next_due(
+            &j.calendar,
+            j.catchup,
+            now,
+            self.watermarks.get(&j.name).copied(),
+        );
         self.next_due.insert(j.name.clone(), nd);
         nd
     }
@@ -471,7 +478,13 @@ impl Daemon {
             }
             let due = {
                 let j = &self.engine.project.jobs[i];
-                plan::due(&j.calendar, catchup, now, self.watermarks.get(&name).copied(), capacity)
+                plan::due(
+                    &j.calendar,
+                    catchup,
+                    now,
+                    self.watermarks.get(&name).copied(),
+                    capacity,
+                )
             };
             if let Some(latest) = due.run.last() {
                 for iv in &due.skip {
@@ -603,7 +616,9 @@ impl Daemon {
         let done: Vec<i64> = self
             .active
             .iter()
-            .filter(|(_, a)| a.run.is_complete() || (a.cancel.is_cancelled() && a.run.running() == 0))
+            .filter(|(_, a)| {
+                a.run.is_complete() || (a.cancel.is_cancelled() && a.run.running() == 0)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &done {
@@ -726,12 +741,22 @@ impl Daemon {
         for rid in gone {
             self.backfills.remove(&rid);
             for a in self.active.values().filter(|a| a.request == Some(rid)) {
-                tracing::info!(request = rid, run_id = a.run.run_id, "request cancelled: stopping its run");
+                tracing::info!(
+                    request = rid,
+                    run_id = a.run.run_id,
+                    "request cancelled: stopping its run"
+                );
                 a.cancel.cancel();
             }
         }
         for r in open {
-            if !self.engine.project.jobs.iter().any(|j| j.name == r.job && j.runnable) {
+            if !self
+                .engine
+                .project
+                .jobs
+                .iter()
+                .any(|j| j.name == r.job && j.runnable)
+            {
                 self.store
                     .set_request_state(
                         r.id,
@@ -743,9 +768,15 @@ impl Daemon {
             }
             match (r.kind, r.state) {
                 (RequestKind::Trigger, RequestState::Pending) => {
-                    let (Some(start), Some(end)) = (spec_time(&r.spec, "start"), spec_time(&r.spec, "end")) else {
+                    let (Some(start), Some(end)) =
+                        (spec_time(&r.spec, "start"), spec_time(&r.spec, "end"))
+                    else {
                         self.store
-                            .set_request_state(r.id, RequestState::Failed, Some("the request has no interval"))
+                            .set_request_state(
+                                r.id,
+                                RequestState::Failed,
+                                Some("the request has no interval"),
+                            )
                             .await?;
                         continue;
                     };
@@ -755,7 +786,11 @@ impl Daemon {
                         .create_daemon_run(&r.job, iv, Trigger::Manual, Some(r.id), r.priority)
                         .await?;
                     self.store
-                        .set_request_state(r.id, RequestState::Running, Some(&format!("run {run_id}")))
+                        .set_request_state(
+                            r.id,
+                            RequestState::Running,
+                            Some(&format!("run {run_id}")),
+                        )
                         .await?;
                     self.adopt(run_id, &r.job, iv, Trigger::Manual, Some(&r), r.priority)
                         .await;
@@ -767,10 +802,12 @@ impl Daemon {
                         let ended = runs.last().map(|x| x.state);
                         match ended {
                             Some(RunState::Success) => {
-                                self.request_run_ended(r.id, Trigger::Manual, RunState::Success).await
+                                self.request_run_ended(r.id, Trigger::Manual, RunState::Success)
+                                    .await
                             }
                             Some(RunState::Failed) | None => {
-                                self.request_run_ended(r.id, Trigger::Manual, RunState::Failed).await
+                                self.request_run_ended(r.id, Trigger::Manual, RunState::Failed)
+                                    .await
                             }
                             _ => {}
                         }
@@ -826,13 +863,21 @@ impl Daemon {
             job: r.job.clone(),
             total: queue.len() + had.len(),
             succeeded: had.iter().filter(|x| x.state == RunState::Success).count(),
-            failed: had.iter().filter(|x| ended(x.state) && x.state != RunState::Success).count(),
+            failed: had
+                .iter()
+                .filter(|x| ended(x.state) && x.state != RunState::Success)
+                .count(),
             queue,
             opts,
             max_active,
             priority: r.priority,
         };
-        tracing::info!(request = r.id, job = r.job, intervals = b.total, "backfill request started");
+        tracing::info!(
+            request = r.id,
+            job = r.job,
+            intervals = b.total,
+            "backfill request started"
+        );
         self.store
             .set_request_state(
                 r.id,
@@ -852,7 +897,11 @@ impl Daemon {
         }
         let ids: Vec<i64> = self.backfills.keys().copied().collect();
         for rid in ids {
-            let running = self.active.values().filter(|a| a.request == Some(rid)).count();
+            let running = self
+                .active
+                .values()
+                .filter(|a| a.request == Some(rid))
+                .count();
             let mut start = Vec::new();
             if let Some(b) = self.backfills.get_mut(&rid) {
                 while running + start.len() < b.max_active {
@@ -861,7 +910,9 @@ impl Daemon {
                 }
             }
             for iv in start {
-                let Some(b) = self.backfills.get(&rid) else { break };
+                let Some(b) = self.backfills.get(&rid) else {
+                    break;
+                };
                 let (job, priority, opts) = (b.job.clone(), b.priority, b.opts.clone());
                 let run_id = self
                     .store
@@ -873,7 +924,7 @@ impl Daemon {
                         self.active.insert(
                             run_id,
                             Active {
-                                run,
+                                run: *run,
                                 engine,
                                 priority,
                                 request: Some(rid),
@@ -889,8 +940,14 @@ impl Daemon {
                     }
                 }
             }
-            let running = self.active.values().filter(|a| a.request == Some(rid)).count();
-            let Some(b) = self.backfills.get(&rid) else { continue };
+            let running = self
+                .active
+                .values()
+                .filter(|a| a.request == Some(rid))
+                .count();
+            let Some(b) = self.backfills.get(&rid) else {
+                continue;
+            };
             let done = b.succeeded + b.failed;
             let msg = format!(
                 "{done}/{} intervals done ({} succeeded, {} failed), {running} running",
@@ -1211,9 +1268,15 @@ impl Daemon {
         let ids: Vec<i64> = self.active.keys().copied().collect();
         for id in ids {
             if let Some(a) = self.active.remove(&id) {
-                let requeue = a.request.is_none_or(|r| self.backfills.contains_key(&r) || a.trigger == Trigger::Manual);
+                let requeue = a.request.is_none_or(|r| {
+                    self.backfills.contains_key(&r) || a.trigger == Trigger::Manual
+                });
                 match a.run.finish(&a.engine, requeue).await {
-                    Ok(r) => tracing::info!(run_id = id, state = r.state.as_str(), "run left for the next start"),
+                    Ok(r) => tracing::info!(
+                        run_id = id,
+                        state = r.state.as_str(),
+                        "run left for the next start"
+                    ),
                     Err(e) => tracing::error!(run_id = id, "recording the run: {e}"),
                 }
             }

@@ -44,7 +44,9 @@ fn owned(cal: &Calendar, iv: &Interval) -> bool {
 /// The latest interval that has ended at `now`, if the job has one.
 fn latest_ended(cal: &Calendar, now: DateTime<Utc>) -> Option<Interval> {
     let end = cal.schedule.prev_at_or_before(now)?;
-    let iv = cal.schedule.interval_containing(end - chrono::Duration::microseconds(1))?;
+    let iv = cal
+        .schedule
+        .interval_containing(end - chrono::Duration::microseconds(1))?;
     if owned(cal, &iv) {
         return Some(iv);
     }
@@ -164,7 +166,10 @@ mod tests {
                 t("2026-03-01T12:00:00Z")
             ]
         );
-        assert_eq!(due(&c, true, t("2026-03-01T20:30:00Z"), wm, 0), Due::default());
+        assert_eq!(
+            due(&c, true, t("2026-03-01T20:30:00Z"), wm, 0),
+            Due::default()
+        );
     }
 
     #[test]
@@ -178,7 +183,13 @@ mod tests {
         assert_eq!(d.skip[0].start, t("2026-03-01T10:00:00Z"));
         assert_eq!(d.skip[8].start, t("2026-03-01T18:00:00Z"));
         // Nothing new: nothing to do.
-        let d = due(&c, false, t("2026-03-01T20:30:00Z"), Some(t("2026-03-01T19:00:00Z")), 1);
+        let d = due(
+            &c,
+            false,
+            t("2026-03-01T20:30:00Z"),
+            Some(t("2026-03-01T19:00:00Z")),
+            1,
+        );
         assert_eq!(d, Due::default());
     }
 
@@ -196,7 +207,13 @@ mod tests {
     #[test]
     fn huge_gaps_record_a_bounded_number_of_skips() {
         let c = cal("* * * * * *", Tz::UTC, "2026-03-01");
-        let d = due(&c, false, t("2026-03-01T01:00:00Z"), Some(t("2026-03-01T00:00:00Z")), 1);
+        let d = due(
+            &c,
+            false,
+            t("2026-03-01T01:00:00Z"),
+            Some(t("2026-03-01T00:00:00Z")),
+            1,
+        );
         assert_eq!(d.run.len(), 1);
         assert_eq!(d.skip.len(), MAX_SKIP_RECORDS);
         assert_eq!(d.skip.len() + d.skipped_unrecorded, 3600 - 2);
@@ -230,8 +247,17 @@ mod tests {
         c.end = Some(t("2026-03-01T03:00:00Z"));
         let d = due(&c, true, t("2026-03-02"), None, 100);
         assert_eq!(d.run.len(), 3);
-        let d = due(&c, true, t("2026-03-02"), Some(t("2026-03-01T02:00:00Z")), 100);
+        let d = due(
+            &c,
+            true,
+            t("2026-03-02"),
+            Some(t("2026-03-01T02:00:00Z")),
+            100,
+        );
         assert!(d.run.is_empty());
-        assert_eq!(next_due(&c, true, t("2026-03-02"), Some(t("2026-03-01T02:00:00Z"))), None);
+        assert_eq!(
+            next_due(&c, true, t("2026-03-02"), Some(t("2026-03-01T02:00:00Z"))),
+            None
+        );
     }
 }

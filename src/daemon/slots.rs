@@ -134,10 +134,7 @@ mod tests {
 
     #[test]
     fn a_backlog_in_one_pool_does_not_hold_back_another() {
-        let mut slots = Slots::new(
-            10,
-            [("warehouse".to_string(), 4), ("kafka".to_string(), 2)],
-        );
+        let mut slots = Slots::new(10, [("warehouse".to_string(), 4), ("kafka".to_string(), 2)]);
         // 1,000 warehouse steps, all older than the two kafka steps.
         let mut cands: Vec<Candidate> = (0..1000)
             .map(|i| cand(i, 0, (i % 10) as u32, Some("warehouse")))
@@ -165,7 +162,11 @@ mod tests {
     fn priority_then_due_time() {
         let mut slots = Slots::new(2, []);
         let chosen = choose(
-            vec![cand(1, 0, 1, None), cand(2, 5, 9, None), cand(3, 0, 0, None)],
+            vec![
+                cand(1, 0, 1, None),
+                cand(2, 5, 9, None),
+                cand(3, 0, 0, None),
+            ],
             &mut slots,
         );
         assert_eq!(
@@ -179,7 +180,10 @@ mod tests {
         let mut slots = Slots::new(3, [("a".to_string(), 5)]);
         slots.take(Some("a"));
         slots.take(None);
-        let chosen = choose(vec![cand(1, 0, 0, Some("a")), cand(2, 0, 0, None)], &mut slots);
+        let chosen = choose(
+            vec![cand(1, 0, 0, Some("a")), cand(2, 0, 0, None)],
+            &mut slots,
+        );
         assert_eq!(chosen.len(), 1);
         assert!(!slots.has_room(None));
         slots.give_back(Some("a"));

@@ -103,7 +103,8 @@ impl MyClient {
         let conn = self.conn()?;
         let reset = async {
             conn.reset().await?;
-            conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await
+            conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+                .await
         };
         match tokio::time::timeout(super::CLEANUP_TIMEOUT, reset).await {
             Ok(Ok(())) => Ok(()),

@@ -70,7 +70,11 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
             if c.is_usable() {
-                let mut idle = self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut idle = self
+                    .pool
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if idle.len() < self.pool.max {
                     idle.push(c);
                 }

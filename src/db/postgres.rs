@@ -133,7 +133,10 @@ impl PgClient {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.give_up("resetting the session failed");
-                Err(unusable(&self.target, &format!("{sql} failed: {}", error_text(&e))))
+                Err(unusable(
+                    &self.target,
+                    &format!("{sql} failed: {}", error_text(&e)),
+                ))
             }
             Err(_) => {
                 self.give_up("resetting the session timed out");

@@ -31,9 +31,9 @@ use crate::project::{Job, Project};
 use crate::schedule::Interval;
 use crate::steps::{ErrorClass, RunCx, StepError, StepOutput};
 use crate::store::{AttemptResult, Claim, RunState, StepState, Store, StoreError, Trigger};
-pub use run::{ActiveRun, Prepared, StepDone, StepTask};
 use crate::template::{Renderer, TemplateVars};
 use logs::{AttemptLog, LogFormat};
+pub use run::{ActiveRun, Prepared, StepDone, StepTask};
 
 /// Errors that stop a run or backfill from starting or continuing (step failures are not errors: they
 /// are recorded and reported).
@@ -333,7 +333,7 @@ impl Engine {
     ) -> Result<RunReport, EngineError> {
         let mut run = match self.prepare(job_name, interval, opts, None).await? {
             Prepared::Nothing(report) => return Ok(report),
-            Prepared::Run(run) => run,
+            Prepared::Run(run) => *run,
         };
         let mut tasks: JoinSet<StepDone> = JoinSet::new();
         let parallelism = opts.parallelism.max(1);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{EngineError, Engine, Outputs, Rerun, RunOptions, RunReport, StepReport, Upstream};
+use super::{Engine, EngineError, Outputs, Rerun, RunOptions, RunReport, StepReport, Upstream};
 use crate::schedule::Interval;
 use crate::store::{Claim, RunState, StepState};
 
@@ -23,7 +23,9 @@ use crate::store::{Claim, RunState, StepState};
 #[derive(Debug, Clone)]
 enum Slot {
     /// Not selected: satisfied only if its record says success.
-    External { ok: bool },
+    External {
+        ok: bool,
+    },
     /// Selected but already succeeded for this interval.
     Done,
     Pending,
@@ -55,7 +57,7 @@ pub enum Prepared {
     /// Every selected step already succeeded: nothing was recorded.
     Nothing(RunReport),
     /// A run to execute (recorded as running).
-    Run(ActiveRun),
+    Run(Box<ActiveRun>),
 }
 
 /// A step that may start: what [`Engine::execute`] needs.
@@ -175,7 +177,7 @@ impl Engine {
             }
         }
         let upstream = (0..n).map(|i| self.upstream_of(job, i)).collect();
-        Ok(Prepared::Run(ActiveRun {
+        Ok(Prepared::Run(Box::new(ActiveRun {
             run_id,
             job: job_name.to_string(),
             job_index: ji,
@@ -188,7 +190,7 @@ impl Engine {
             cross_waiting: HashMap::new(),
             started,
             heartbeat,
-        }))
+        })))
     }
 
     /// Takes the lease on a ready step for this process. `Done`: another runner finished it
@@ -248,7 +250,11 @@ impl Engine {
             .await
         {
             // The lease expires by itself; say why it lingers.
-            tracing::warn!(job = task.job, step = task.step, "releasing a step lease: {e}");
+            tracing::warn!(
+                job = task.job,
+                step = task.step,
+                "releasing a step lease: {e}"
+            );
         }
         StepDone {
             run_id: task.run_id,
@@ -315,8 +321,7 @@ impl ActiveRun {
                     let unmet = if ask {
                         let mut unmet = None;
                         for (dj, ds) in cross {
-                            if let Some(why) =
-                                engine.cross_job_ready(dj, ds, self.interval).await?
+                            if let Some(why) = engine.cross_job_ready(dj, ds, self.interval).await?
                             {
                                 unmet = Some(why);
                                 break;
@@ -384,7 +389,10 @@ impl ActiveRun {
 
     /// Why a pending step waits for another job, if it does (for status pages).
     pub fn waiting_for(&self) -> Vec<String> {
-        self.cross_waiting.values().map(|(_, w)| w.clone()).collect()
+        self.cross_waiting
+            .values()
+            .map(|(_, w)| w.clone())
+            .collect()
     }
 
     /// Marks step `i` running and returns what executing it needs.
