@@ -155,6 +155,8 @@ pub struct Daemon {
     /// Cancels every step: the forced end of a stop.
     cancel: CancellationToken,
     stopping: bool,
+    /// After a failed scheduling pass: not before this time again.
+    retry_at: Option<DateTime<Utc>>,
     /// Bumped when a step succeeds: cross-job waits are asked about again.
     successes: u64,
     checked_successes: u64,
@@ -318,6 +320,7 @@ impl Daemon {
             backfills: HashMap::new(),
             cancel: CancellationToken::new(),
             stopping: false,
+            retry_at: None,
             successes: 0,
             checked_successes: 0,
             last_recheck: std::time::Instant::now(),
@@ -437,6 +440,9 @@ impl Daemon {
     /// The earliest time a job needs the scheduler (jobs at their `max_active_runs` wait for a
     /// run to end instead).
     pub fn next_wake(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Some(t) = self.retry_at.filter(|t| *t > now) {
+            return Some(t);
+        }
         let mut best: Option<DateTime<Utc>> = None;
         for i in 0..self.engine.project.jobs.len() {
             let j = &self.engine.project.jobs[i];
@@ -1034,9 +1040,13 @@ impl Daemon {
     /// Schedules what is due at the clock's time and gives out slots.
     pub async fn tick(&mut self) {
         let now = self.clock.now();
-        if !self.stopping {
+        let backing_off = self.retry_at.is_some_and(|t| now < t);
+        if !self.stopping && !backing_off {
+            self.retry_at = None;
             if let Err(e) = self.schedule(now).await {
-                tracing::error!("scheduling: metadata store: {e}");
+                // Not again at once: a store that is down must not turn the loop into a spin.
+                tracing::error!("scheduling: metadata store: {e} (trying again in 1s)");
+                self.retry_at = Some(now + chrono::Duration::seconds(1));
             }
         }
         if let Err(e) = self.dispatch().await {

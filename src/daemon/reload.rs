@@ -51,7 +51,8 @@ impl Fingerprint {
         Fingerprint(files)
     }
 
-    /// A short hash of the fingerprint, shown by `/health` and `cranium status`.
+    /// A short hash of the fingerprinted files' paths and contents as they are now (taken right
+    /// after a load), shown by `/health` and `cranium status`.
     pub fn hash(&self) -> String {
         let mut h = crc32fast::Hasher::new();
         for (p, _, _) in &self.0 {
@@ -105,8 +106,9 @@ mod tests {
         let a = Fingerprint::of(dir.path());
         assert_eq!(a.0.len(), 2);
         assert_eq!(a, Fingerprint::of(dir.path()));
+        let before = a.hash();
         std::fs::write(dir.path().join("jobs/a.yaml"), "job: ab\n").expect("write");
         assert_ne!(a, Fingerprint::of(dir.path()));
-        assert_ne!(a.hash(), Fingerprint::of(dir.path()).hash());
+        assert_ne!(before, Fingerprint::of(dir.path()).hash());
     }
 }
