@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::run::{job_of, load_runnable, parse_time, runtime, runtime_and_store, BackfillArgs};
+use super::run::{
+    backfill_range, job_of, load_runnable, parse_time, runtime, runtime_and_store, BackfillArgs,
+};
 use super::{resolve_root, table, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::config::interp::Env;
 use crate::daemon::{self, Daemon, DaemonOptions, BACKFILL_PRIORITY};
@@ -220,21 +222,10 @@ pub fn submit_backfill(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let j = match job_of(&c, &args.job, err) {
-        Ok(j) => j,
+    let (j, from, to) = match backfill_range(&c, args, err) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let (from, to) = match (
-        parse_time(&args.from, j, "--from", err),
-        parse_time(&args.to, j, "--to", err),
-    ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(code), _) | (_, Err(code)) => return code,
-    };
-    if to <= from {
-        let _ = writeln!(err, "error: --to must be after --from");
-        return EXIT_USAGE;
-    }
     let intervals = j.calendar.intervals(from, to).len();
     let (rt, store) = match runtime_and_store(&c, err) {
         Ok(pair) => pair,

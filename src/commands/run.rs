@@ -391,6 +391,28 @@ fn print_plan(plan: &BackfillPlan, job: &Job, out: &mut dyn Write) {
     );
 }
 
+/// A backfill's job and its range `[--from, --to)`, checked (shared by the foreground backfill
+/// and `--submit`).
+pub(crate) fn backfill_range<'a>(
+    c: &'a Checked,
+    args: &BackfillArgs,
+    err: &mut dyn Write,
+) -> Result<(&'a Job, DateTime<Utc>, DateTime<Utc>), i32> {
+    let job = job_of(c, &args.job, err)?;
+    let (from, to) = match (
+        parse_time(&args.from, job, "--from", err),
+        parse_time(&args.to, job, "--to", err),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(code), _) | (_, Err(code)) => return Err(code),
+    };
+    if to <= from {
+        let _ = writeln!(err, "error: --to must be after --from");
+        return Err(EXIT_USAGE);
+    }
+    Ok((job, from, to))
+}
+
 /// `cranium backfill JOB --from T --to T`.
 pub fn backfill(
     project: Option<&Path>,
@@ -403,21 +425,10 @@ pub fn backfill(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let job = match job_of(&c, &args.job, err) {
-        Ok(j) => j,
+    let (job, from, to) = match backfill_range(&c, args, err) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let (from, to) = match (
-        parse_time(&args.from, job, "--from", err),
-        parse_time(&args.to, job, "--to", err),
-    ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(code), _) | (_, Err(code)) => return code,
-    };
-    if to <= from {
-        let _ = writeln!(err, "error: --to must be after --from");
-        return EXIT_USAGE;
-    }
     let (rt, store) = match runtime_and_store(&c, err) {
         Ok(pair) => pair,
         Err(code) => return code,

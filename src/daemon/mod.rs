@@ -110,6 +110,25 @@ struct Active {
     cancel: CancellationToken,
 }
 
+/// Why a daemon run exists, and how it runs.
+struct Origin {
+    trigger: Trigger,
+    request: Option<i64>,
+    priority: i32,
+    opts: RunOptions,
+}
+
+impl Origin {
+    fn new(trigger: Trigger, request: Option<&RequestRecord>, priority: i32) -> Origin {
+        Origin {
+            trigger,
+            request: request.map(|r| r.id),
+            priority,
+            opts: daemon_opts(trigger, request),
+        }
+    }
+}
+
 /// A step task in flight.
 #[derive(Debug, Clone)]
 struct Running {
@@ -339,15 +358,8 @@ impl Daemon {
                 store.set_run_state(q.run.id, RunState::Failed).await?;
                 continue;
             }
-            d.adopt(
-                q.run.id,
-                &q.run.job,
-                q.run.interval,
-                q.run.trigger,
-                request.as_ref(),
-                q.priority,
-            )
-            .await;
+            let origin = Origin::new(q.run.trigger, request.as_ref(), q.priority);
+            d.adopt(q.run.id, &q.run.job, q.run.interval, origin).await;
         }
         Ok(d)
     }
@@ -373,24 +385,18 @@ impl Daemon {
     }
 
     /// Starts executing a recorded (queued) run.
-    async fn adopt(
-        &mut self,
-        run_id: i64,
-        job: &str,
-        interval: Interval,
-        trigger: Trigger,
-        request: Option<&RequestRecord>,
-        priority: i32,
-    ) {
-        let opts = daemon_opts(trigger, request);
+    async fn adopt(&mut self, run_id: i64, job: &str, interval: Interval, origin: Origin) {
         let engine = self.engine.clone();
-        match engine.prepare(job, interval, &opts, Some(run_id)).await {
+        match engine
+            .prepare(job, interval, &origin.opts, Some(run_id))
+            .await
+        {
             Ok(Prepared::Run(run)) => {
                 tracing::info!(
                     job,
                     run_id,
                     interval_start = %interval.start,
-                    trigger = trigger.as_str(),
+                    trigger = origin.trigger.as_str(),
                     "run started"
                 );
                 self.active.insert(
@@ -398,9 +404,9 @@ impl Daemon {
                     Active {
                         run: *run,
                         engine,
-                        priority,
-                        request: request.map(|r| r.id),
-                        trigger,
+                        priority: origin.priority,
+                        request: origin.request,
+                        trigger: origin.trigger,
                         cancel: self.cancel.child_token(),
                     },
                 );
@@ -518,8 +524,8 @@ impl Daemon {
                 self.watermarks.insert(name.clone(), iv.start);
                 self.next_due.remove(&name);
                 if let Some(run_id) = created {
-                    self.adopt(run_id, &name, iv, Trigger::Schedule, None, priority)
-                        .await;
+                    let origin = Origin::new(Trigger::Schedule, None, priority);
+                    self.adopt(run_id, &name, iv, origin).await;
                 }
             }
             // Nothing due after all (e.g. past the job's end): look again only when it changes.
@@ -798,8 +804,8 @@ impl Daemon {
                             Some(&format!("run {run_id}")),
                         )
                         .await?;
-                    self.adopt(run_id, &r.job, iv, Trigger::Manual, Some(&r), r.priority)
-                        .await;
+                    let origin = Origin::new(Trigger::Manual, Some(&r), r.priority);
+                    self.adopt(run_id, &r.job, iv, origin).await;
                 }
                 (RequestKind::Trigger, _) => {
                     // Running: its run is active, or ended while no daemon ran.
@@ -924,27 +930,13 @@ impl Daemon {
                     .store
                     .create_daemon_run(&job, iv, Trigger::Backfill, Some(rid), priority)
                     .await?;
-                let engine = self.engine.clone();
-                match engine.prepare(&job, iv, &opts, Some(run_id)).await {
-                    Ok(Prepared::Run(run)) => {
-                        self.active.insert(
-                            run_id,
-                            Active {
-                                run: *run,
-                                engine,
-                                priority,
-                                request: Some(rid),
-                                trigger: Trigger::Backfill,
-                                cancel: self.cancel.child_token(),
-                            },
-                        );
-                    }
-                    Ok(Prepared::Nothing(_)) => {}
-                    Err(e) => {
-                        tracing::error!(request = rid, "cannot start a backfill run: {e}");
-                        self.store.set_run_state(run_id, RunState::Failed).await?;
-                    }
-                }
+                let origin = Origin {
+                    trigger: Trigger::Backfill,
+                    request: Some(rid),
+                    priority,
+                    opts,
+                };
+                self.adopt(run_id, &job, iv, origin).await;
             }
             let running = self
                 .active
