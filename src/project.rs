@@ -989,13 +989,11 @@ fn build_job(
             if spec.pool.is_none() {
                 // Steps of one connection share its pool, when one is named like it.
                 spec.pool = spec
-                    .lineage
-                    .writes
-                    .iter()
-                    .chain(&spec.lineage.reads)
-                    .map(|t| &t.connection)
+                    .config
+                    .connections()
+                    .into_iter()
                     .find(|c| project.pools.contains_key(*c))
-                    .cloned();
+                    .map(str::to_string);
             }
         }
     }

@@ -808,3 +808,69 @@ async fn slots_and_leases_come_back_whatever_ends_the_attempt() {
         "a cancelled attempt goes back to pending"
     );
 }
+
+/// A step without `pool:` joins the pool named like its connection; a submitted backfill (rank
+/// -1000) waits behind a scheduled run for the last slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pools_by_default_and_backfills_rank_below_the_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = "postgres://postgres@127.0.0.1:5432/test";
+    project(
+        dir.path(),
+        &format!("  max_running_steps: 1\npools:\n  pg: 3\nconnections:\n  pg:\n    kind: postgres\n    url: {pg}\n"),
+        &[
+            (
+                "load",
+                &job(
+                    "load",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "",
+                    "  - id: q\n    kind: sql\n    connection: pg\n    query: SELECT pg_sleep(0.3)\n",
+                ),
+            ),
+            (
+                "old",
+                &job(
+                    "old",
+                    "@daily",
+                    "UTC",
+                    "2026-01-01",
+                    "",
+                    "  - id: a\n    kind: noop\n    sleep: 300ms\n",
+                ),
+            ),
+        ],
+    );
+    let checked =
+        cranium::check::check(dir.path(), &Env::from_pairs::<_, &str, &str>([])).expect("check");
+    let step = &checked.project.job("load").expect("job").steps[0];
+    assert_eq!(step.pool.as_deref(), Some("pg"), "the connection's pool");
+    let clock = Arc::new(ManualClock::new(t("2026-03-01T10:05:00Z")));
+    let mut d = start(dir.path(), &clock).await;
+    let store = d.store().clone();
+    store.set_paused("old", true).await.expect("pause");
+    // The backfill's intervals are older (due earlier) but rank below the scheduled run.
+    store
+        .submit_request(
+            RequestKind::Backfill,
+            "old",
+            &serde_json::json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-03T00:00:00Z"}),
+            cranium::daemon::BACKFILL_PRIORITY,
+        )
+        .await
+        .expect("backfill");
+    d.housekeeping().await;
+    d.tick().await;
+    let running = d.shared.get().running_steps;
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].job, "load", "{running:?}");
+    assert_eq!(running[0].pool.as_deref(), Some("pg"));
+    d.settle().await;
+    assert_eq!(runs_of(&store, "old").await.len(), 2);
+    assert!(runs_of(&store, "old")
+        .await
+        .iter()
+        .all(|r| r.state == RunState::Success));
+}

@@ -66,6 +66,23 @@ pub enum StepConfig {
 }
 
 impl StepConfig {
+    /// The connections the step works on, the one it writes to first (a load's warehouse, an
+    /// export's database, an extraction's broker): the daemon's default pool is the first of them
+    /// that names a pool.
+    pub fn connections(&self) -> Vec<&str> {
+        match self {
+            StepConfig::Sql(s) => vec![s.connection.as_str()],
+            StepConfig::Lua(s) => s.connections.iter().flatten().map(String::as_str).collect(),
+            StepConfig::KafkaToS3(s) => vec![s.connection.as_str(), s.s3.as_str()],
+            StepConfig::MysqlToS3(s) => vec![s.connection.as_str(), s.s3.as_str()],
+            StepConfig::S3ToRedshift(s) => vec![s.connection.as_str(), s.s3.as_str()],
+            StepConfig::Validate(s) => {
+                vec![s.target.connection.as_str(), s.source.connection.as_str()]
+            }
+            StepConfig::Noop(_) => Vec::new(),
+        }
+    }
+
     pub fn as_step(&self) -> &dyn Step {
         match self {
             StepConfig::Sql(s) => s,
