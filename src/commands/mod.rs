@@ -30,8 +30,14 @@ pub fn init_logging(format: crate::engine::logs::LogFormat, verbose: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if verbose { "info" } else { "warn" }));
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org): escape
+    // codes must not end up in log files and pipes.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         crate::engine::logs::LogFormat::Json => builder.json().try_init(),
