@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs and starts what the tests need (graphviz, tansu, garage), then formatting,
+# The test command: installs and starts what the tests need (graphviz, promtool, tansu, garage), then formatting,
 # lints and every test.
 # Usage: bash scripts/test.sh
 set -euo pipefail
@@ -11,6 +11,16 @@ if ! command -v dot >/dev/null 2>&1; then
     echo "test.sh: installing graphviz" >&2
     (apt-get install -y -q graphviz >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q graphviz >/dev/null 2>&1; }) \
       || echo "test.sh: could not install graphviz; the dot rendering test will fail" >&2
+  fi
+fi
+
+# promtool (Debian's prometheus package) checks the daemon's /metrics in tests/daemon_cli.rs.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing prometheus (for promtool)" >&2
+    (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }) \
+      || echo "test.sh: could not install prometheus; the /metrics test will fail" >&2
   fi
 fi
 

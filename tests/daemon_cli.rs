@@ -439,6 +439,64 @@ steps:
     assert!(up.contains("secs"), "{up}");
 
     let run_for = Duration::from_secs(30);
+    tokio::time::sleep(run_for.saturating_sub(began.elapsed()) / 2).await;
+    // `/metrics` mid-run: the Prometheus text format as promtool checks it, and a few values.
+    let (code, metrics) = get(p.port, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "/metrics: {metrics}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool must be installed (Debian's prometheus package; scripts/test.sh installs it)",
+        );
+    {
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(metrics.as_bytes())
+            .expect("write to promtool");
+    }
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let value = |series: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let succeeded = value("cranium_runs_total{job=\"secs\",state=\"success\"}")
+        .unwrap_or_else(|| panic!("no run counter:\n{metrics}"));
+    assert!(succeeded >= 3.0, "{succeeded} runs by mid-run:\n{metrics}");
+    assert_eq!(
+        value("cranium_step_attempts_total{job=\"secs\",step=\"insert\",state=\"success\"}"),
+        Some(succeeded),
+        "one attempt per run:\n{metrics}"
+    );
+    assert!(
+        value("cranium_scheduler_delay_seconds_count{job=\"secs\"}")
+            .is_some_and(|n| n >= succeeded),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("cranium_scheduler_max_running_steps"),
+        Some(16.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cranium_build_info{version=\""),
+        "{metrics}"
+    );
     tokio::time::sleep(run_for.saturating_sub(began.elapsed())).await;
     d.signal("TERM");
     let status = d.wait_exit(Duration::from_secs(30)).await;
@@ -893,6 +951,15 @@ async fn a_submitted_backfill_survives_its_shell_and_is_cancelled_half_way() {
                 && l.contains("backfill")
                 && l.contains("cancelled")),
         "{listing}"
+    );
+    // Following an ended request prints its state once and exits 1 (it did not succeed).
+    let out = cranium(p.path(), &["requests", "--follow", &id.to_string()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("request {id} (backfill "))
+            && stdout(&out).contains("cancelled"),
+        "{}",
+        text(&out)
     );
 }
 

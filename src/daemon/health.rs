@@ -5,6 +5,7 @@
 //! * `/readyz`: 200 when the store answered the last housekeeping call and a project is loaded.
 //! * `/health`: everything as JSON (version, store, project and its hash, jobs, last tick,
 //!   running steps, pools, refused reloads).
+//! * `/metrics`: the Prometheus text format ([`super::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,6 +89,29 @@ fn live(s: &Status, now: DateTime<Utc>) -> bool {
         .is_some_and(|t| (now - t).to_std().unwrap_or(Duration::ZERO) <= LIVE_WITHIN)
 }
 
+/// What the handlers read.
+#[derive(Clone)]
+struct App {
+    shared: Shared,
+    metrics: super::metrics::Metrics,
+}
+
+impl axum::extract::FromRef<App> for Shared {
+    fn from_ref(app: &App) -> Shared {
+        app.shared.clone()
+    }
+}
+
+async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
 async fn livez(State(s): State<Shared>) -> impl IntoResponse {
     if live(&s.get(), Utc::now()) {
         (StatusCode::OK, "ok\n")
@@ -132,6 +156,7 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     shared: Shared,
+    metrics: super::metrics::Metrics,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -139,7 +164,8 @@ pub async fn serve(
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
-        .with_state(shared);
+        .route("/metrics", get(metrics_text))
+        .with_state(App { shared, metrics });
     Ok(tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

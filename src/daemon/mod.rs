@@ -25,6 +25,7 @@
 pub mod clock;
 pub mod health;
 pub mod lock;
+pub mod metrics;
 pub mod plan;
 pub mod reload;
 pub mod slots;
@@ -62,6 +63,8 @@ pub const BACKFILL_PRIORITY: i32 = -1000;
 pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How often it writes its heartbeat row.
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often it reads the consumer lag recorded in the store into the metrics.
+pub const LAG_EVERY: Duration = Duration::from_secs(15);
 /// How often it rescans the project's files (the fallback for lost file events).
 pub const RESCAN_EVERY: Duration = Duration::from_secs(10);
 
@@ -108,6 +111,8 @@ struct Active {
     request: Option<i64>,
     trigger: Trigger,
     cancel: CancellationToken,
+    /// Whether a step of the run has started (the schedule delay is measured at the first).
+    started_any: bool,
 }
 
 /// Why a daemon run exists, and how it runs.
@@ -182,6 +187,10 @@ pub struct Daemon {
     last_recheck: std::time::Instant,
     last_beat: Option<std::time::Instant>,
     pub shared: Shared,
+    pub metrics: metrics::Metrics,
+    /// Ready steps that waited for a slot in the last dispatch.
+    queued: usize,
+    last_lag: Option<std::time::Instant>,
     serve_health: bool,
     _lock: Option<lock::StoreLock>,
 }
@@ -345,6 +354,9 @@ impl Daemon {
             last_recheck: std::time::Instant::now(),
             last_beat: None,
             shared,
+            metrics: metrics::Metrics::new(),
+            queued: 0,
+            last_lag: None,
             serve_health: opts.serve_health,
             _lock: lock,
         };
@@ -408,6 +420,7 @@ impl Daemon {
                         request: origin.request,
                         trigger: origin.trigger,
                         cancel: self.cancel.child_token(),
+                        started_any: false,
                     },
                 );
             }
@@ -514,6 +527,8 @@ impl Daemon {
                         skipped = due.skip.len() + due.skipped_unrecorded,
                         "catchup: false: passed over missed intervals, running only the latest"
                     );
+                    self.metrics
+                        .skipped(&name, (due.skip.len() + due.skipped_unrecorded) as u64);
                 }
             }
             for iv in due.run {
@@ -562,7 +577,9 @@ impl Daemon {
                     }
                 }
             }
+            let ready_count = candidates.len();
             let chosen = slots::choose(candidates, &mut self.slots);
+            self.queued = ready_count - chosen.len();
             let mut progressed = false;
             for c in chosen {
                 let Some(a) = self.active.get_mut(&c.run_id) else {
@@ -572,6 +589,16 @@ impl Daemon {
                 let claim = a.engine.claim(&mut a.run, c.step_index).await;
                 match claim {
                     Ok(Claim::Acquired) => {
+                        if !a.started_any {
+                            a.started_any = true;
+                            if a.trigger == Trigger::Schedule {
+                                let late = self.clock.now() - a.run.interval.end;
+                                self.metrics.schedule_delay(
+                                    &a.run.job,
+                                    late.to_std().unwrap_or_default().as_secs_f64(),
+                                );
+                            }
+                        }
                         let task = a.run.start(&a.engine, c.step_index);
                         let step = RunningStep {
                             job: task.job.clone(),
@@ -646,6 +673,7 @@ impl Daemon {
                 seconds = report.duration.as_secs_f64(),
                 "run ended"
             );
+            self.metrics.run_ended(&job, report.state);
             self.next_due.remove(&job);
             if let Some(rid) = a.request {
                 self.request_run_ended(rid, a.trigger, report.state).await;
@@ -732,6 +760,26 @@ impl Daemon {
             self.successes += 1;
         }
         if let Some(a) = self.active.get_mut(&done.run_id) {
+            let (job, r) = (&a.run.job, &done.report);
+            // A cancelled attempt (back to pending) is not an ending of the step.
+            if r.state != StepState::Pending {
+                self.metrics.step_ended(
+                    job,
+                    &r.step,
+                    r.state,
+                    r.attempts,
+                    r.duration.as_secs_f64(),
+                );
+            }
+            if r.state == StepState::Success {
+                self.metrics.step_moved(
+                    job,
+                    &r.step,
+                    r.rows_affected,
+                    r.bytes,
+                    done.outputs.as_ref(),
+                );
+            }
             a.run.record(done);
         }
     }
@@ -990,6 +1038,12 @@ impl Daemon {
             if matches!(self.store, Store::Postgres(_)) {
                 let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
             }
+            if self.last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+                self.last_lag = Some(std::time::Instant::now());
+                self.metrics
+                    .consumer_lag(&self.store.consumer_lag(None).await?);
+                self.metrics.upkeep();
+            }
             if self.last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
                 self.last_beat = Some(std::time::Instant::now());
                 let st = self.shared.get();
@@ -1031,6 +1085,7 @@ impl Daemon {
 
     /// Schedules what is due at the clock's time and gives out slots.
     pub async fn tick(&mut self) {
+        let pass = std::time::Instant::now();
         let now = self.clock.now();
         let backing_off = self.retry_at.is_some_and(|t| now < t);
         if !self.stopping && !backing_off {
@@ -1053,6 +1108,7 @@ impl Daemon {
             }
         }
         self.publish();
+        self.metrics.loop_pass(pass.elapsed().as_secs_f64());
     }
 
     /// Writes what the daemon is doing into `/health`.
@@ -1067,6 +1123,13 @@ impl Daemon {
         let mut paused: Vec<String> = self.paused.iter().cloned().collect();
         paused.sort();
         let (active, stopping) = (self.active.len(), self.stopping);
+        self.metrics.scheduler(
+            self.running.len(),
+            self.slots.max_running,
+            self.queued,
+            active,
+            &self.slots.pool_usage(),
+        );
         self.shared.update(|s| {
             s.last_tick = Some(Utc::now());
             s.running_steps = running;
@@ -1124,11 +1187,13 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => {
                 refused(vec![format!("error: {e}")], &self.shared);
+                self.metrics.reload(false);
                 return false;
             }
         };
         if checked.diagnostics.has_errors() {
             refused(error_lines(&checked), &self.shared);
+            self.metrics.reload(false);
             return false;
         }
         let project = checked.project.clone();
@@ -1143,6 +1208,7 @@ impl Daemon {
             project.pools.iter().map(|(n, s)| (n.clone(), *s as usize)),
         );
         self.next_due.clear();
+        self.metrics.reload(true);
         let hash = fp.hash();
         tracing::info!(jobs = project.jobs.len(), hash, "reloaded the project");
         self.shared.update(|s| {
@@ -1172,9 +1238,14 @@ impl Daemon {
             .filter(|_| self.serve_health);
         let server = match listen {
             Some(addr) => Some(
-                health::serve(addr, self.shared.clone(), serve_stop.clone())
-                    .await
-                    .map_err(|source| DaemonError::Listen { addr, source })?,
+                health::serve(
+                    addr,
+                    self.shared.clone(),
+                    self.metrics.clone(),
+                    serve_stop.clone(),
+                )
+                .await
+                .map_err(|source| DaemonError::Listen { addr, source })?,
             ),
             None => None,
         };

@@ -114,6 +114,8 @@ pub struct StepReport {
     pub attempts: u32,
     pub duration: Duration,
     pub rows_affected: Option<i64>,
+    /// Bytes the step wrote, when it says.
+    pub bytes: Option<i64>,
     pub error: Option<String>,
     /// True when the step was not run because it had already succeeded for this interval.
     pub already_done: bool,
@@ -128,6 +130,7 @@ impl StepReport {
             attempts: 0,
             duration: Duration::ZERO,
             rows_affected: None,
+            bytes: None,
             error: None,
             already_done: true,
         }
@@ -436,6 +439,7 @@ impl Engine {
             attempts: 0,
             duration: Duration::ZERO,
             rows_affected: None,
+            bytes: None,
             error: None,
             already_done: false,
         };
@@ -600,6 +604,7 @@ impl Engine {
                     ));
                     report.state = StepState::Success;
                     report.rows_affected = out.rows_affected;
+                    report.bytes = out.bytes;
                     report.error = None;
                     return Ok(Some(out.outputs));
                 }

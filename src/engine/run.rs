@@ -372,6 +372,7 @@ impl ActiveRun {
                             attempts: 0,
                             duration: Duration::ZERO,
                             rows_affected: None,
+                            bytes: None,
                             error: Some(why),
                             already_done: false,
                         },
