@@ -59,6 +59,9 @@ struct SelectionArgs {
     /// Run the selected steps even if their upstream (unselected or in other jobs) has not succeeded.
     #[arg(long)]
     ignore_upstream: bool,
+    /// Raise no alerts (failures are still recorded and printed).
+    #[arg(long)]
+    no_alerts: bool,
 }
 
 impl SelectionArgs {
@@ -70,6 +73,7 @@ impl SelectionArgs {
             upstream_wait: self.wait_upstream,
             recover_after: self.recover_after,
             ignore_upstream: self.ignore_upstream,
+            no_alerts: self.no_alerts,
         }
     }
 }
@@ -168,6 +172,21 @@ enum Command {
         /// every scheduled run).
         #[arg(long, requires = "submit", allow_hyphen_values = true)]
         priority: Option<i32>,
+    },
+    /// What alerts were sent and what failed, newest first; `alerts test CHANNEL` sends a test alert.
+    #[command(
+        after_help = "Examples:\n  cranium alerts\n  cranium alerts --job events_daily --limit 20 --format json\n  cranium alerts test data-oncall"
+    )]
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+        /// Only this job's alerts.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = RunsOut::Table)]
+        format: RunsOut,
     },
     /// Run the scheduler: every job on its schedule, requests from the command line, hot reload;
     /// stops cleanly on SIGTERM/SIGINT (a second signal cancels running steps at once).
@@ -277,6 +296,12 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Send a test alert to CHANNEL now (exit 0 when it was delivered).
+    Test { channel: String },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutFormat {
     Text,
@@ -369,6 +394,22 @@ fn main() -> ExitCode {
             } else {
                 commands::run::backfill(project, &args, log_format, &mut out, &mut err)
             }
+        }
+        Command::Alerts {
+            action: Some(AlertsAction::Test { channel }),
+            ..
+        } => commands::alerts::test(project, &channel, &mut out, &mut err),
+        Command::Alerts {
+            action: None,
+            job,
+            limit,
+            format,
+        } => {
+            let format = match format {
+                RunsOut::Table => RunsFormat::Table,
+                RunsOut::Json => RunsFormat::Json,
+            };
+            commands::alerts::list(project, job.as_deref(), limit, format, &mut out, &mut err)
         }
         Command::Daemon => commands::daemon::daemon(project, log_format, &mut err),
         Command::Status => commands::daemon::status(project, &mut out, &mut err),

@@ -205,6 +205,11 @@ pub fn load(root: &Path, env: &Env) -> Result<(Project, Diagnostics), ProjectErr
 
     let connections = build_connections(&raw, &cfg_file, &mut redactor, &mut out);
     let alerts = build_alerts(&raw, &cfg_file, &mut out);
+    for channel in alerts.values() {
+        for secret in channel.secrets() {
+            redactor.add(secret);
+        }
+    }
     let state_url = raw
         .state
         .clone()
@@ -600,10 +605,56 @@ fn build_alerts(
             }
         };
         if let Some(c) = ch {
+            check_alert_channel(name, &c, file, &path, out);
             alerts.insert(name.clone(), c);
         }
     }
     alerts
+}
+
+/// An alert channel's event names are known and its body template compiles.
+fn check_alert_channel(
+    name: &str,
+    c: &AlertChannel,
+    file: &SourceFile,
+    path: &YamlPath,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::config::project::ALERT_EVENTS;
+    for (i, e) in c.events().unwrap_or_default().iter().enumerate() {
+        if !ALERT_EVENTS.contains(&e.as_str()) {
+            out.push(
+                file.error_at_value(
+                    &path.key("events").index(i),
+                    "unknown-event",
+                    format!(
+                        "alert channel '{name}': unknown event '{e}'{}",
+                        did_you_mean(e, ALERT_EVENTS.iter().copied())
+                    ),
+                )
+                .help(format!("events are: {}", ALERT_EVENTS.join(", "))),
+            );
+        }
+    }
+    if let AlertChannel::Webhook(w) = c {
+        if let Some(t) = &w.template {
+            let env = minijinja::Environment::new();
+            if let Err(e) = env.template_from_str(t) {
+                out.push(file.error_at_value(
+                    &path.key("template"),
+                    "template",
+                    format!("alert channel '{name}': the template does not compile: {e}"),
+                ));
+            }
+        }
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            out.push(file.error_at_value(
+                &path.key("url"),
+                "invalid-value",
+                format!("alert channel '{name}': url must start with http:// or https://"),
+            ));
+        }
+    }
 }
 
 fn check_alert_names(

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use cranium::schedule::Interval;
 use cranium::store::{
-    AttemptResult, Claim, ConsumerLag, Decision, RequestKind, RequestState, RunFilter, RunState,
-    StepState, Store, StoreError, Trigger, INTERRUPTED,
+    AlertRecord, AlertState, AttemptResult, Claim, ConsumerLag, Decision, Enqueued, NewAlert,
+    RequestKind, RequestState, RunFilter, RunState, StepState, Store, StoreError, Trigger,
+    INTERRUPTED,
 };
 use serde_json::json;
 
@@ -203,6 +204,12 @@ suite!(
     daemon_heartbeats,
     concurrent_claims_acquire_once,
     concurrent_decisions_create_one_run,
+    alerts_are_throttled_per_channel_and_key,
+    due_alerts_and_tries,
+    alerts_are_listed_newest_first,
+    alert_conditions_close_once,
+    sla_alerts_are_claimed_once,
+    concurrent_enqueues_queue_once,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -230,10 +237,10 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 3, "three migrations recorded: {before:?}");
-    assert!(before[0].starts_with("1 "), "{before:?}");
-    assert!(before[1].starts_with("2 "), "{before:?}");
-    assert!(before[2].starts_with("3 "), "{before:?}");
+    assert_eq!(before.len(), 4, "four migrations recorded: {before:?}");
+    for (i, m) in before.iter().enumerate() {
+        assert!(m.starts_with(&format!("{} ", i + 1)), "{before:?}");
+    }
 
     let id = h
         .store
@@ -2130,6 +2137,444 @@ async fn concurrent_decisions_create_one_run(h: &Harness) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The alert queue
+// ---------------------------------------------------------------------------------------------
+
+const KEY: &str = "j|s|step_failed";
+
+/// A failure alert of j.s for `channel`, throttled by `key` (None: never).
+fn new_alert(channel: &str, key: Option<&str>, repeat_interval: Duration) -> NewAlert {
+    NewAlert {
+        channel: channel.to_string(),
+        event: "step_failed".to_string(),
+        job: Some("j".to_string()),
+        step: Some("s".to_string()),
+        interval_start: Some(hour(0).start),
+        run_id: Some(42),
+        summary: "j.s failed".to_string(),
+        payload: json!({"event": "step_failed", "job": "j", "step": "s"}),
+        throttle_key: key.map(str::to_string),
+        repeat_interval,
+    }
+}
+
+async fn enqueue(s: &Store, channel: &str, key: Option<&str>, repeat: Duration) -> Enqueued {
+    s.enqueue_alert(&new_alert(channel, key, repeat))
+        .await
+        .unwrap()
+}
+
+fn queued_id(e: Enqueued) -> i64 {
+    match e {
+        Enqueued::Queued { id, .. } => id,
+        Enqueued::Suppressed { id } => panic!("alert {id} was suppressed, expected queued"),
+    }
+}
+
+/// The alert `id`, from the full list.
+async fn alert_by_id(s: &Store, id: i64) -> AlertRecord {
+    let all = s.alerts(None, 0).await.unwrap();
+    all.into_iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("no alert {id}"))
+}
+
+/// `SELECT CAST(count(*) AS TEXT) FROM {rest}`, as a number.
+async fn raw_count(h: &Harness, rest: &str) -> i64 {
+    let got = h
+        .raw_strings(&format!("SELECT CAST(count(*) AS TEXT) FROM {rest}"))
+        .await;
+    got[0].parse().unwrap()
+}
+
+async fn alerts_are_throttled_per_channel_and_key(h: &Harness) {
+    const REPEAT: Duration = Duration::from_millis(250);
+    let s = &h.store;
+    // Without a key: always queued, with nothing suppressed.
+    let mut unthrottled = Vec::new();
+    for _ in 0..3 {
+        match enqueue(s, "ops", None, Duration::from_secs(3600)).await {
+            Enqueued::Queued { id, suppressed: 0 } => unthrottled.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    for id in &unthrottled {
+        let a = alert_by_id(s, *id).await;
+        assert_eq!(a.state, AlertState::Queued);
+        assert_eq!(a.payload["suppressed"], json!(0), "{:?}", a.payload);
+    }
+
+    // With a key: the first goes out, the next two within the interval are held back.
+    let started = Instant::now();
+    let first = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(first, Enqueued::Queued { suppressed: 0, .. }),
+        "{first:?}"
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        match enqueue(s, "ops", Some(KEY), REPEAT).await {
+            Enqueued::Suppressed { id } => held.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Other channels and other keys have their own throttles.
+    let other_channel = enqueue(s, "pager", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(other_channel, Enqueued::Queued { suppressed: 0, .. }),
+        "{other_channel:?}"
+    );
+    let other_key = enqueue(s, "ops", Some("j|t|step_failed"), REPEAT).await;
+    assert!(
+        matches!(other_key, Enqueued::Queued { suppressed: 0, .. }),
+        "{other_key:?}"
+    );
+    assert!(
+        started.elapsed() < REPEAT,
+        "the enqueues took longer than the repeat interval: {:?}",
+        started.elapsed()
+    );
+    for id in &held {
+        let a = alert_by_id(s, *id).await;
+        assert_eq!(a.state, AlertState::Suppressed);
+        assert_eq!(a.tries, 0);
+        assert_eq!(a.sent_at, None);
+    }
+    assert_eq!(
+        alert_by_id(s, queued_id(first)).await.payload["suppressed"],
+        json!(0)
+    );
+
+    // After the interval the next one goes out, counting the two held back.
+    tokio::time::sleep(REPEAT + Duration::from_millis(100)).await;
+    let next = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(next, Enqueued::Queued { suppressed: 2, .. }),
+        "{next:?}"
+    );
+    let a = alert_by_id(s, queued_id(next)).await;
+    assert_eq!(a.state, AlertState::Queued);
+    assert_eq!(a.payload["suppressed"], json!(2), "{:?}", a.payload);
+    assert_eq!(a.payload["event"], json!("step_failed"));
+    // ... and starts a new interval, with the count back at zero.
+    let again = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(matches!(again, Enqueued::Suppressed { .. }), "{again:?}");
+    tokio::time::sleep(REPEAT + Duration::from_millis(100)).await;
+    let later = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(later, Enqueued::Queued { suppressed: 1, .. }),
+        "{later:?}"
+    );
+    // The other throttles saw none of it.
+    let pager = enqueue(s, "pager", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(pager, Enqueued::Queued { suppressed: 0, .. }),
+        "{pager:?}"
+    );
+
+    // A zero interval never throttles.
+    for _ in 0..2 {
+        let e = enqueue(s, "ops", Some("zero"), Duration::ZERO).await;
+        assert!(matches!(e, Enqueued::Queued { suppressed: 0, .. }), "{e:?}");
+    }
+}
+
+async fn due_alerts_and_tries(h: &Harness) {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let s = &h.store;
+    assert!(s.due_alerts(0).await.unwrap().is_empty());
+    let ok = queued_id(enqueue(s, "ops", None, HOUR).await);
+    let retried = queued_id(enqueue(s, "ops", None, HOUR).await);
+    let failed = queued_id(enqueue(s, "ops", None, HOUR).await);
+    let keyed = queued_id(enqueue(s, "ops", Some(KEY), HOUR).await);
+    let Enqueued::Suppressed { id: suppressed } = enqueue(s, "ops", Some(KEY), HOUR).await else {
+        panic!("the second keyed alert must be suppressed");
+    };
+    let due_ids = |due: Vec<AlertRecord>| due.iter().map(|a| a.id).collect::<Vec<_>>();
+    // Queued ones only, oldest first; the limit takes the oldest.
+    assert_eq!(
+        due_ids(s.due_alerts(0).await.unwrap()),
+        [ok, retried, failed, keyed]
+    );
+    assert_eq!(due_ids(s.due_alerts(2).await.unwrap()), [ok, retried]);
+    let before = alert_by_id(s, ok).await;
+    assert_eq!(before.tries, 0);
+    assert_eq!(before.next_try_at, before.created_at);
+    assert_eq!(before.sent_at, None);
+
+    // Sent.
+    let t = now_micros();
+    s.alert_tried(ok, None, None).await.unwrap();
+    let a = alert_by_id(s, ok).await;
+    assert_eq!(a.state, AlertState::Sent);
+    assert_eq!(a.tries, 1);
+    assert_eq!(a.last_error, None);
+    let sent_at = a.sent_at.expect("sent_at");
+    assert!(
+        sent_at >= t - TimeDelta::seconds(5) && sent_at <= now_micros() + TimeDelta::seconds(5),
+        "{sent_at}"
+    );
+
+    // Failed, retried later: queued but not due until then.
+    let retry_at = now_micros() + TimeDelta::milliseconds(400);
+    s.alert_tried(retried, Some("HTTP 500"), Some(retry_at))
+        .await
+        .unwrap();
+    let a = alert_by_id(s, retried).await;
+    assert_eq!(a.state, AlertState::Queued);
+    assert_eq!(a.tries, 1);
+    assert_eq!(a.last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(a.next_try_at, retry_at);
+    assert_eq!(a.sent_at, None);
+
+    // Failed for good.
+    s.alert_tried(failed, Some("no route"), None).await.unwrap();
+    let a = alert_by_id(s, failed).await;
+    assert_eq!(a.state, AlertState::Failed);
+    assert_eq!(a.tries, 1);
+    assert_eq!(a.last_error.as_deref(), Some("no route"));
+
+    // Not sent, failed, suppressed, nor retried before its time.
+    assert_eq!(due_ids(s.due_alerts(0).await.unwrap()), [keyed]);
+    assert_eq!(
+        alert_by_id(s, suppressed).await.state,
+        AlertState::Suppressed
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Its time came: due again, ordered by when it is due.
+    assert_eq!(due_ids(s.due_alerts(0).await.unwrap()), [keyed, retried]);
+    s.alert_tried(
+        retried,
+        Some("HTTP 503"),
+        Some(now_micros() + TimeDelta::hours(1)),
+    )
+    .await
+    .unwrap();
+    s.alert_tried(retried, None, None).await.unwrap();
+    let a = alert_by_id(s, retried).await;
+    assert_eq!(a.state, AlertState::Sent);
+    assert_eq!(a.tries, 3);
+    assert!(a.sent_at.is_some());
+
+    // Every try is recorded, with its outcome.
+    assert_eq!(raw_count(h, "alert_sends").await, 5);
+    assert_eq!(
+        raw_count(h, &format!("alert_sends WHERE alert_id = {retried}")).await,
+        3
+    );
+    assert_eq!(
+        raw_count(
+            h,
+            &format!("alert_sends WHERE alert_id = {ok} AND ok AND error IS NULL")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        h.raw_strings(&format!(
+            "SELECT error FROM alert_sends WHERE alert_id = {retried} AND NOT ok ORDER BY id"
+        ))
+        .await,
+        ["HTTP 500", "HTTP 503"]
+    );
+    assert_eq!(
+        h.raw_strings(&format!(
+            "SELECT channel FROM alert_sends WHERE alert_id = {failed}"
+        ))
+        .await,
+        ["ops"]
+    );
+
+    // An unknown alert.
+    let err = s.alert_tried(999_999, None, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                what: "alert",
+                id: 999_999
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(raw_count(h, "alert_sends").await, 5);
+}
+
+async fn alerts_are_listed_newest_first(h: &Harness) {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let s = &h.store;
+    assert!(s.alerts(None, 0).await.unwrap().is_empty());
+    let t = now_micros();
+    let first = queued_id(enqueue(s, "ops", None, HOUR).await);
+    let mut other = new_alert("ops", None, HOUR);
+    other.job = Some("other".to_string());
+    let second = queued_id(s.enqueue_alert(&other).await.unwrap());
+    let mut no_job = new_alert("pager", None, HOUR);
+    no_job.job = None;
+    no_job.step = None;
+    no_job.interval_start = None;
+    no_job.run_id = None;
+    let third = queued_id(s.enqueue_alert(&no_job).await.unwrap());
+    let fourth = queued_id(enqueue(s, "ops", None, HOUR).await);
+
+    let ids = |v: Vec<AlertRecord>| v.iter().map(|a| a.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.alerts(None, 0).await.unwrap()),
+        [fourth, third, second, first]
+    );
+    assert_eq!(ids(s.alerts(None, 2).await.unwrap()), [fourth, third]);
+    assert_eq!(ids(s.alerts(Some("j"), 0).await.unwrap()), [fourth, first]);
+    assert_eq!(ids(s.alerts(Some("j"), 1).await.unwrap()), [fourth]);
+    assert_eq!(ids(s.alerts(Some("other"), 0).await.unwrap()), [second]);
+    assert!(s.alerts(Some("nope"), 0).await.unwrap().is_empty());
+
+    // Every field round-trips.
+    let a = alert_by_id(s, first).await;
+    assert!(
+        a.created_at >= t - TimeDelta::seconds(5)
+            && a.created_at <= now_micros() + TimeDelta::seconds(5),
+        "{}",
+        a.created_at
+    );
+    assert_eq!(
+        a,
+        AlertRecord {
+            id: first,
+            channel: "ops".to_string(),
+            event: "step_failed".to_string(),
+            job: Some("j".to_string()),
+            step: Some("s".to_string()),
+            interval_start: Some(hour(0).start),
+            run_id: Some(42),
+            summary: "j.s failed".to_string(),
+            payload: json!({"event": "step_failed", "job": "j", "step": "s", "suppressed": 0}),
+            state: AlertState::Queued,
+            tries: 0,
+            next_try_at: a.created_at,
+            last_error: None,
+            created_at: a.created_at,
+            sent_at: None,
+        }
+    );
+    let a = alert_by_id(s, third).await;
+    assert_eq!(
+        (
+            a.channel.as_str(),
+            a.job,
+            a.step,
+            a.interval_start,
+            a.run_id
+        ),
+        ("pager", None, None, None, None)
+    );
+}
+
+async fn alert_conditions_close_once(h: &Harness) {
+    const REPEAT: Duration = Duration::from_millis(250);
+    let s = &h.store;
+    // Nothing was ever raised.
+    assert!(!s.close_alert_condition("ops", KEY).await.unwrap());
+    // An alert opens its key's condition on its channel; closing it is true once.
+    queued_id(enqueue(s, "ops", Some(KEY), REPEAT).await);
+    assert!(!s.close_alert_condition("pager", KEY).await.unwrap());
+    assert!(!s
+        .close_alert_condition("ops", "j|t|step_failed")
+        .await
+        .unwrap());
+    assert!(s.close_alert_condition("ops", KEY).await.unwrap());
+    assert!(!s.close_alert_condition("ops", KEY).await.unwrap());
+    // A held-back alert opens it again, and is still counted in the next one sent.
+    let held = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(matches!(held, Enqueued::Suppressed { .. }), "{held:?}");
+    assert!(s.close_alert_condition("ops", KEY).await.unwrap());
+    assert!(!s.close_alert_condition("ops", KEY).await.unwrap());
+    tokio::time::sleep(REPEAT + Duration::from_millis(100)).await;
+    let next = enqueue(s, "ops", Some(KEY), REPEAT).await;
+    assert!(
+        matches!(next, Enqueued::Queued { suppressed: 1, .. }),
+        "{next:?}"
+    );
+    assert!(s.close_alert_condition("ops", KEY).await.unwrap());
+    // Alerts without a key have no condition.
+    queued_id(enqueue(s, "ops", None, REPEAT).await);
+    assert!(!s.close_alert_condition("ops", KEY).await.unwrap());
+}
+
+async fn sla_alerts_are_claimed_once(h: &Harness) {
+    let s = &h.store;
+    assert!(s.claim_sla_alert("j", hour(0).start).await.unwrap());
+    assert!(!s.claim_sla_alert("j", hour(0).start).await.unwrap());
+    assert!(s.claim_sla_alert("j", hour(1).start).await.unwrap());
+    assert!(s.claim_sla_alert("k", hour(0).start).await.unwrap());
+    assert!(!s.claim_sla_alert("j", hour(1).start).await.unwrap());
+    assert!(!s.claim_sla_alert("k", hour(0).start).await.unwrap());
+    assert_eq!(raw_count(h, "sla_alerts").await, 3);
+}
+
+async fn concurrent_enqueues_queue_once(h: &Harness) {
+    const TASKS: usize = 8;
+    let second = h.reopen().await.expect("second store");
+    // Rounds 0 and 1 race to create the throttle row; in round 2 it exists, its last alert went
+    // out long ago and 5 were held back since.
+    h.raw_exec(
+        "INSERT INTO alert_throttle (channel, key, last_sent_at, suppressed) \
+         VALUES ('ops', 'j|s2|step_failed', '2000-01-01T00:00:00.000000Z', 5)",
+    )
+    .await;
+    for round in 0..3 {
+        let key = format!("j|s{round}|step_failed");
+        let earlier = if round == 2 { 5 } else { 0 };
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let s = if t % 2 == 0 {
+                h.store.clone()
+            } else {
+                second.clone()
+            };
+            let (barrier, key) = (barrier.clone(), key.clone());
+            handles.push(tokio::spawn(async move {
+                let alert = new_alert("ops", Some(&key), Duration::from_secs(3600));
+                barrier.wait().await;
+                s.enqueue_alert(&alert).await
+            }));
+        }
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await.expect("task").expect("enqueue"));
+        }
+        let queued: Vec<_> = results
+            .iter()
+            .filter(|e| matches!(e, Enqueued::Queued { .. }))
+            .collect();
+        assert_eq!(queued.len(), 1, "exactly one is queued: {results:?}");
+        assert_eq!(
+            *queued[0],
+            Enqueued::Queued {
+                id: queued_id(*queued[0]),
+                suppressed: earlier
+            },
+            "{results:?}"
+        );
+        // The other seven were all counted.
+        assert_eq!(
+            h.raw_strings(&format!(
+                "SELECT CAST(suppressed AS TEXT) FROM alert_throttle WHERE key = '{key}'"
+            ))
+            .await,
+            ["7"]
+        );
+    }
+    let all = h.store.alerts(None, 0).await.unwrap();
+    let count = |state| all.iter().filter(|a| a.state == state).count();
+    assert_eq!(
+        (count(AlertState::Queued), count(AlertState::Suppressed)),
+        (3, 21)
+    );
+    assert_eq!(h.store.due_alerts(0).await.unwrap().len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Opening
 // ---------------------------------------------------------------------------------------------
 
@@ -2197,8 +2642,9 @@ async fn postgres_default_schema_parameter_is_applied() {
         .unwrap()
         .get(0);
     assert_eq!(
-        n, 10,
+        n, 14,
         "runs, step_attempts, step_intervals, consumer_lag, migrations, scheduled_intervals, \
-         step_leases, paused_jobs, requests, daemons"
+         step_leases, paused_jobs, requests, daemons, alerts, alert_sends, alert_throttle, \
+         sla_alerts"
     );
 }

@@ -15,6 +15,7 @@ use crate::dag::{self, GraphFormat};
 use crate::project;
 use crate::schedule;
 
+pub mod alerts;
 pub mod daemon;
 pub mod diff;
 pub mod run;

@@ -27,6 +27,8 @@ pub struct Selection {
     pub recover_after: Option<Duration>,
     /// Treat unselected upstream steps and cross-job dependencies as satisfied.
     pub ignore_upstream: bool,
+    /// Raise no alerts.
+    pub no_alerts: bool,
 }
 
 /// What `run` runs: an explicit interval, the one containing a time, or the latest complete one.
@@ -183,11 +185,25 @@ fn run_options(sel: &Selection, trigger: Trigger, rerun: Rerun) -> RunOptions {
     }
 }
 
-fn engine(c: &Checked, store: Store, log_format: LogFormat) -> Engine {
-    let mut e = Engine::new(c.project.clone(), c.graph.clone(), store);
+fn engine(c: &Checked, store: Store, log_format: LogFormat, alerts: bool) -> Engine {
+    let mut e = Engine::new(c.project.clone(), c.graph.clone(), store.clone());
     e.log_format = log_format;
+    if alerts {
+        e.notifier = Some(crate::alerts::Notifier::new(c.project.clone(), store));
+    }
     e
 }
+
+/// Sends the alerts the command raised before it exits (what does not go out within the time
+/// stays queued for the daemon or the next command).
+async fn send_alerts(eng: &Engine) {
+    if eng.notifier.is_some() {
+        crate::alerts::deliver::drain(&eng.project, &eng.store, ALERT_DRAIN).await;
+    }
+}
+
+/// How long a foreground command waits for its alerts to go out.
+const ALERT_DRAIN: Duration = Duration::from_secs(30);
 
 /// Print one run's steps as a table.
 fn print_report(r: &RunReport, job: &Job, out: &mut dyn Write) {
@@ -351,12 +367,14 @@ pub fn run(
             let _ = writeln!(err, "error: metadata store: {e}");
             return EXIT_FAILED;
         }
-        let eng = engine(&c, store, log_format);
+        let eng = engine(&c, store, log_format, !args.selection.no_alerts);
         let _leases = eng.keep_leases().drop_guard();
         let cancel = CancellationToken::new();
         cancel_on_signals(cancel.clone());
         let opts = run_options(&args.selection, Trigger::Manual, Rerun::None);
-        match eng.run_interval(&args.job, interval, &opts, cancel).await {
+        let result = eng.run_interval(&args.job, interval, &opts, cancel).await;
+        send_alerts(&eng).await;
+        match result {
             Ok(r) => {
                 print_report(&r, job, out);
                 if r.succeeded() {
@@ -456,7 +474,7 @@ pub fn backfill(
                 }
             }
         }
-        let eng = engine(&c, store, log_format);
+        let eng = engine(&c, store, log_format, !args.selection.no_alerts);
         let opts = run_options(&args.selection, Trigger::Backfill, args.rerun);
         let plan = match eng.plan_backfill(&args.job, from, to, &opts).await {
             Ok(p) => p,
@@ -534,8 +552,12 @@ pub fn backfill(
             )
             .await
         {
-            Ok(r) => r,
+            Ok(r) => {
+                send_alerts(&eng).await;
+                r
+            }
             Err(e) => {
+                send_alerts(&eng).await;
                 bar.abandon();
                 let _ = writeln!(err, "error: {}", c.project.redactor.redact(&e.to_string()));
                 return EXIT_FAILED;
@@ -929,7 +951,7 @@ pub fn clear(
         Err(code) => return code,
     };
     rt.block_on(async {
-        let eng = engine(&c, store.clone(), LogFormat::Text);
+        let eng = engine(&c, store.clone(), LogFormat::Text, false);
         let opts = RunOptions { steps: steps.to_vec(), downstream, ..RunOptions::default() };
         let selected = match eng.select(j, &opts) {
             Ok(s) => s,

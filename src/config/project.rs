@@ -244,12 +244,56 @@ pub enum AlertChannel {
     Command(CommandAlert),
 }
 
+/// Every event an alert channel can take (`events:`).
+pub const ALERT_EVENTS: &[&str] = &[
+    "step_failed",
+    "run_failed",
+    "run_recovered",
+    "sla_missed",
+    "validate_mismatch",
+    "dead_letters",
+    "kafka_lag",
+    "reload_refused",
+    "store_unreachable",
+    "connection_unreachable",
+    "resolved",
+    "test",
+];
+
+/// How a webhook's body is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// cranium's own JSON (the alert object).
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message with blocks.
+    Slack,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookAlert {
     pub url: String,
+    /// Sent with every request (secrets are masked wherever they are shown).
     #[serde(default)]
     pub headers: IndexMap<String, String>,
+    /// `json` (default) or `slack`.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A minijinja template of the body instead (it sees `alert`), e.g. a PagerDuty Events v2
+    /// request with `"dedup_key": "{{ alert.job }}-{{ alert.step }}"`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// How long one request may take (default 10s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// The events this channel takes (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// At most one alert per (job, step, event) in this time (default 1h).
+    #[serde(default)]
+    pub repeat_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,4 +301,45 @@ pub struct WebhookAlert {
 pub struct CommandAlert {
     /// The program and its arguments.
     pub command: Vec<String>,
+    /// How long the command may take (default 30s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// The events this channel takes (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// At most one alert per (job, step, event) in this time (default 1h).
+    #[serde(default)]
+    pub repeat_interval: Option<HumanDuration>,
+}
+
+impl AlertChannel {
+    /// The events the channel takes; None: all.
+    pub fn events(&self) -> Option<&[String]> {
+        match self {
+            AlertChannel::Webhook(w) => w.events.as_deref(),
+            AlertChannel::Command(c) => c.events.as_deref(),
+        }
+    }
+
+    /// Whether the channel takes `event`.
+    pub fn takes(&self, event: &str) -> bool {
+        self.events().is_none_or(|e| e.iter().any(|x| x == event))
+    }
+
+    /// At most one alert per (job, step, event) in this time.
+    pub fn repeat_interval(&self) -> std::time::Duration {
+        let d = match self {
+            AlertChannel::Webhook(w) => w.repeat_interval,
+            AlertChannel::Command(c) => c.repeat_interval,
+        };
+        d.map_or(std::time::Duration::from_secs(3600), |d| d.0)
+    }
+
+    /// Secret values to mask in output (header values).
+    pub fn secrets(&self) -> Vec<String> {
+        match self {
+            AlertChannel::Webhook(w) => w.headers.values().cloned().collect(),
+            AlertChannel::Command(_) => Vec::new(),
+        }
+    }
 }

@@ -63,6 +63,10 @@ pub const BACKFILL_PRIORITY: i32 = -1000;
 pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How often it writes its heartbeat row.
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often queued alerts are sent.
+pub const ALERT_EVERY: Duration = Duration::from_secs(1);
+/// How often SLAs are checked.
+pub const SLA_EVERY: Duration = Duration::from_secs(15);
 /// How often it reads the consumer lag recorded in the store into the metrics.
 pub const LAG_EVERY: Duration = Duration::from_secs(15);
 /// How often it rescans the project's files (the fallback for lost file events).
@@ -191,6 +195,9 @@ pub struct Daemon {
     /// Ready steps that waited for a slot in the last dispatch.
     queued: usize,
     last_lag: Option<std::time::Instant>,
+    last_sla: Option<std::time::Instant>,
+    /// The loaded project, for the alert deliverer.
+    project_tx: tokio::sync::watch::Sender<Arc<crate::project::Project>>,
     serve_health: bool,
     _lock: Option<lock::StoreLock>,
 }
@@ -285,6 +292,7 @@ impl Daemon {
         let mut engine = Engine::new(project.clone(), checked.graph.clone(), store.clone());
         engine.log_format = opts.log_format;
         engine.owner = format!("daemon:{id}");
+        engine.notifier = Some(crate::alerts::Notifier::new(project.clone(), store.clone()));
         // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
         // On PostgreSQL, only those whose heartbeat is older than two lease times.
         let stale_after = if lock.is_some() {
@@ -357,6 +365,8 @@ impl Daemon {
             metrics: metrics::Metrics::new(),
             queued: 0,
             last_lag: None,
+            last_sla: None,
+            project_tx: tokio::sync::watch::Sender::new(project.clone()),
             serve_health: opts.serve_health,
             _lock: lock,
         };
@@ -1038,6 +1048,10 @@ impl Daemon {
             if matches!(self.store, Store::Postgres(_)) {
                 let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
             }
+            if self.last_sla.is_none_or(|t| t.elapsed() >= SLA_EVERY) {
+                self.last_sla = Some(std::time::Instant::now());
+                self.check_slas().await?;
+            }
             if self.last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
                 self.last_lag = Some(std::time::Instant::now());
                 self.metrics
@@ -1186,14 +1200,18 @@ impl Daemon {
         let checked = match load_project(&self.root, &self.env).await {
             Ok(c) => c,
             Err(e) => {
-                refused(vec![format!("error: {e}")], &self.shared);
+                let errors = vec![format!("error: {e}")];
+                refused(errors.clone(), &self.shared);
                 self.metrics.reload(false);
+                self.alert_reload_refused(errors).await;
                 return false;
             }
         };
         if checked.diagnostics.has_errors() {
-            refused(error_lines(&checked), &self.shared);
+            let errors = error_lines(&checked);
+            refused(errors.clone(), &self.shared);
             self.metrics.reload(false);
+            self.alert_reload_refused(errors).await;
             return false;
         }
         let project = checked.project.clone();
@@ -1202,7 +1220,13 @@ impl Daemon {
         engine.owner = self.engine.owner.clone();
         engine.lease_ttl = self.engine.lease_ttl;
         engine.heartbeat_every = self.engine.heartbeat_every;
+        engine.notifier = Some(crate::alerts::Notifier::new(
+            project.clone(),
+            self.store.clone(),
+        ));
         self.engine = engine;
+        // The alert deliverer sends on the new version's channels.
+        let _ = self.project_tx.send(project.clone());
         self.slots.resize(
             project.daemon.max_running_steps,
             project.pools.iter().map(|(n, s)| (n.clone(), *s as usize)),
@@ -1220,6 +1244,110 @@ impl Daemon {
             s.max_running_steps = project.daemon.max_running_steps;
         });
         true
+    }
+
+    async fn alert_reload_refused(&self, errors: Vec<String>) {
+        if let Some(n) = &self.engine.notifier {
+            let summary = format!(
+                "reload refused: the project has {} error(s); the previous version keeps running ({})",
+                errors.len(),
+                errors.first().map(String::as_str).unwrap_or("")
+            );
+            let alert = crate::alerts::Alert::new(&self.engine.project, "reload_refused", summary)
+                .details(serde_json::json!({ "errors": errors }));
+            n.raise(alert).await;
+        }
+    }
+
+    /// Raises `sla_missed` for every interval that ended more than its job's `sla` ago (within
+    /// the last day of such deadlines) without every step succeeding, once per interval: checked
+    /// on the daemon's clock, so a run never created, stuck waiting, or missed while the daemon was
+    /// down counts too.
+    pub async fn check_slas(&mut self) -> Result<(), StoreError> {
+        let Some(n) = self.engine.notifier.clone() else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let project = self.engine.project.clone();
+        for j in project
+            .jobs
+            .iter()
+            .filter(|j| j.runnable && !j.alerts.is_empty())
+        {
+            let Some(sla) = j.sla.and_then(|d| chrono::TimeDelta::from_std(d).ok()) else {
+                continue;
+            };
+            if self.paused.contains(&j.name) {
+                continue;
+            }
+            // Intervals whose deadline (end + sla) passed in the last day.
+            let latest_end = now - sla;
+            let earliest_end = latest_end - chrono::TimeDelta::days(1);
+            let intervals: Vec<Interval> = j
+                .calendar
+                .intervals(earliest_end - chrono::TimeDelta::days(32), latest_end)
+                .into_iter()
+                .filter(|iv| iv.end > earliest_end && iv.end <= latest_end)
+                .collect();
+            let (Some(first), Some(last)) = (intervals.first(), intervals.last()) else {
+                continue;
+            };
+            let records = self
+                .store
+                .step_states(&j.name, first.start, last.end)
+                .await?;
+            let watermark = self.watermarks.get(&j.name).copied();
+            // Without a decision yet and without catchup, the scheduler runs only the latest
+            // ended interval: the earlier ones are not missed, they are not wanted.
+            let latest = plan::due(&j.calendar, false, now, None, 1)
+                .run
+                .first()
+                .copied();
+            for iv in &intervals {
+                let ran = records.iter().any(|r| r.interval.start == iv.start);
+                let wanted = match watermark {
+                    // Decided: it ran (its records tell), or it was passed over.
+                    Some(w) if iv.start <= w => ran,
+                    // Not decided yet: the scheduler will run it.
+                    Some(_) => true,
+                    None => ran || j.catchup || latest.is_some_and(|l| l.start == iv.start),
+                };
+                if !wanted {
+                    continue;
+                }
+                let ok = j.steps.iter().all(|s| {
+                    records.iter().any(|r| {
+                        r.interval.start == iv.start
+                            && r.step == s.id
+                            && r.state == StepState::Success
+                    })
+                });
+                if ok || !self.store.claim_sla_alert(&j.name, iv.start).await? {
+                    continue;
+                }
+                let late = now - iv.end;
+                let alert = crate::alerts::Alert::new(
+                    &project,
+                    "sla_missed",
+                    format!(
+                        "{} has not succeeded for {} .. {} ({} after its end; sla {})",
+                        j.name,
+                        iv.start_local(j.timezone).format("%Y-%m-%d %H:%M"),
+                        iv.end_local(j.timezone).format("%Y-%m-%d %H:%M %Z"),
+                        humantime::format_duration(late.to_std().unwrap_or_default()),
+                        humantime::format_duration(sla.to_std().unwrap_or_default()),
+                    ),
+                )
+                .job(&j.name)
+                .interval(*iv)
+                .details(serde_json::json!({
+                    "sla_seconds": sla.num_seconds(),
+                    "late_seconds": late.num_seconds(),
+                }));
+                n.raise(alert).await;
+            }
+        }
+        Ok(())
     }
 
     /// The daemon's loop, until `stop` is cancelled (the first SIGTERM/SIGINT); then a clean stop
@@ -1250,6 +1378,18 @@ impl Daemon {
             None => None,
         };
         let _keeper = self.engine.keep_leases().drop_guard();
+        let alerts_stop = CancellationToken::new();
+        let deliverer = {
+            let rx = self.project_tx.subscribe();
+            let store = self.store.clone();
+            let stop = alerts_stop.clone();
+            tokio::spawn(crate::alerts::deliver::run(
+                move || rx.borrow().clone(),
+                store,
+                ALERT_EVERY,
+                stop,
+            ))
+        };
         let mut watcher = reload::watch(&self.root);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1291,6 +1431,11 @@ impl Daemon {
             self.tick().await;
         }
         self.shutdown(force).await;
+        alerts_stop.cancel();
+        let _ = deliverer.await;
+        // What the stop itself raised goes out too, briefly.
+        crate::alerts::deliver::drain(&self.engine.project, &self.store, Duration::from_secs(5))
+            .await;
         serve_stop.cancel();
         if let Some(s) = server {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;

@@ -168,6 +168,8 @@ pub struct Engine {
     pub owner: String,
     /// How long a step lease lasts without renewal ([`Engine::keep_leases`] renews it).
     pub lease_ttl: Duration,
+    /// Where failures are raised as alerts (None: `--no-alerts`).
+    pub notifier: Option<crate::alerts::Notifier>,
 }
 
 /// Step outputs, as templates read them.
@@ -186,6 +188,7 @@ impl Engine {
             heartbeat_every: Duration::from_secs(5),
             owner: format!("cli:{}:{}", std::process::id(), rand::random::<u32>()),
             lease_ttl: Duration::from_secs(30),
+            notifier: None,
         }
     }
 
@@ -606,6 +609,16 @@ impl Engine {
                     report.rows_affected = out.rows_affected;
                     report.bytes = out.bytes;
                     report.error = None;
+                    self.alert_step_succeeded(
+                        job,
+                        &spec.id,
+                        interval,
+                        run_id,
+                        attempt,
+                        &out.outputs,
+                        &log_path,
+                    )
+                    .await;
                     return Ok(Some(out.outputs));
                 }
                 Err(e) => {
@@ -645,7 +658,7 @@ impl Engine {
                         None,
                     )
                     .await?;
-                    report.error = Some(message);
+                    report.error = Some(message.clone());
                     if interrupted {
                         report.state = StepState::Pending;
                         return Ok(None);
@@ -658,6 +671,28 @@ impl Engine {
                             log.info("not retried: a retry cannot fix this error");
                         }
                         report.state = StepState::Failed;
+                        if let Some(n) = &self.notifier {
+                            let alert = crate::alerts::Alert::new(
+                                &self.project,
+                                "step_failed",
+                                format!(
+                                    "{job_name}.{} failed after {attempt} attempt(s): {}",
+                                    spec.id,
+                                    first_line(&message)
+                                ),
+                            )
+                            .job(job_name)
+                            .step(&spec.id)
+                            .interval(interval)
+                            .run(run_id, Some(attempt))
+                            .details(serde_json::json!({
+                                "error": message,
+                                "class": format!("{:?}", e.class),
+                                "log": log_path,
+                            }))
+                            .link(Some(log_path.clone()));
+                            n.raise(alert).await;
+                        }
                         return Ok(None);
                     }
                     let wait = retry::delay(spec.retry.delay, spec.retry.backoff, attempt);
@@ -676,6 +711,107 @@ impl Engine {
         }
         report.state = StepState::Failed;
         Ok(None)
+    }
+
+    /// After a step succeeded: its open `step_failed` condition resolves, and dead letters (a
+    /// `kafka_to_s3` output) raise their own alert.
+    #[allow(clippy::too_many_arguments)]
+    async fn alert_step_succeeded(
+        &self,
+        job: &Job,
+        step: &str,
+        interval: Interval,
+        run_id: i64,
+        attempt: u32,
+        outputs: &Outputs,
+        log_path: &str,
+    ) {
+        let Some(n) = &self.notifier else { return };
+        if job.alerts.is_empty() {
+            return;
+        }
+        n.resolve(
+            &job.name,
+            Some(step),
+            "step_failed",
+            &format!("{}.{step} succeeded again", job.name),
+        )
+        .await;
+        if let Some(dead) = outputs
+            .get("dead_letters")
+            .and_then(|v| v.as_u64())
+            .filter(|d| *d > 0)
+        {
+            let alert = crate::alerts::Alert::new(
+                &self.project,
+                "dead_letters",
+                format!("{}.{step} wrote {dead} dead letter(s)", job.name),
+            )
+            .job(&job.name)
+            .step(step)
+            .interval(interval)
+            .run(run_id, Some(attempt))
+            .details(serde_json::json!({ "dead_letters": dead, "outputs": outputs }))
+            .link(Some(log_path.to_string()));
+            n.raise(alert).await;
+        }
+    }
+
+    /// After a run ended: `run_failed`, or `run_recovered` when the job's previous run failed.
+    pub(crate) async fn alert_run_ended(
+        &self,
+        job: &str,
+        interval: Interval,
+        run_id: i64,
+        state: RunState,
+    ) {
+        let Some(n) = &self.notifier else { return };
+        if self.project.job(job).is_none_or(|j| j.alerts.is_empty()) {
+            return;
+        }
+        match state {
+            RunState::Failed => {
+                let alert = crate::alerts::Alert::new(
+                    &self.project,
+                    "run_failed",
+                    format!("run {run_id} of {job} failed (`cranium runs {job}`)"),
+                )
+                .job(job)
+                .interval(interval)
+                .run(run_id, None);
+                n.raise(alert).await;
+            }
+            RunState::Success => {
+                let recent = self
+                    .store
+                    .runs(&crate::store::RunFilter {
+                        job: Some(job.to_string()),
+                        state: None,
+                        limit: 5,
+                    })
+                    .await
+                    .unwrap_or_default();
+                // The latest run that ended before this one.
+                let previous = recent
+                    .iter()
+                    .filter(|r| r.id != run_id && r.ended_at.is_some())
+                    .max_by_key(|r| r.ended_at);
+                if previous.is_some_and(|r| r.state == RunState::Failed) {
+                    let alert = crate::alerts::Alert::new(
+                        &self.project,
+                        "run_recovered",
+                        format!("{job} succeeded again (run {run_id})"),
+                    )
+                    .job(job)
+                    .interval(interval)
+                    .run(run_id, None);
+                    n.raise(alert).await;
+                    n.resolve(job, None, "run_failed", &format!("{job} succeeded again"))
+                        .await;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Decide which intervals of a backfill to run.
@@ -782,6 +918,11 @@ pub struct BackfillPlan {
     pub complete: Vec<Interval>,
     /// Intervals with failed steps that `--rerun failed` would run.
     pub failed_skipped: Vec<Interval>,
+}
+
+/// The first line of a message, for one-line summaries.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 /// Run the step's attempt; if it does not return within its timeout (plus a grace period for the

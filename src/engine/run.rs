@@ -480,6 +480,9 @@ impl ActiveRun {
         };
         self.heartbeat.cancel();
         engine.store.set_run_state(self.run_id, state).await?;
+        engine
+            .alert_run_ended(&self.job, self.interval, self.run_id, state)
+            .await;
         Ok(RunReport {
             run_id: self.run_id,
             job: std::mem::take(&mut self.job),

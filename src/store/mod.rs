@@ -403,6 +403,66 @@ pub struct DaemonRecord {
     pub status: serde_json::Value,
 }
 
+string_enum!(
+    /// Where an alert is, for one channel.
+    AlertState, "alert state", {
+        /// Waiting to be sent (again, after a failed try).
+        Queued => "queued",
+        Sent => "sent",
+        /// Given up after its last try.
+        Failed => "failed",
+        /// Held back by the channel's throttle (`repeat_interval`); counted in the next one sent.
+        Suppressed => "suppressed",
+    }
+);
+
+/// An alert to queue for one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAlert {
+    pub channel: String,
+    pub event: String,
+    pub job: Option<String>,
+    pub step: Option<String>,
+    pub interval_start: Option<DateTime<Utc>>,
+    pub run_id: Option<i64>,
+    pub summary: String,
+    /// The whole alert, as channels receive it.
+    pub payload: serde_json::Value,
+    /// What the throttle counts by (job, step and event); None: never throttled.
+    pub throttle_key: Option<String>,
+    /// At most one alert per key and channel in this time.
+    pub repeat_interval: std::time::Duration,
+}
+
+/// What `enqueue_alert` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued (its id); `suppressed` alerts of its key were held back since the last one.
+    Queued { id: i64, suppressed: i64 },
+    /// Held back by the throttle (recorded as suppressed).
+    Suppressed { id: i64 },
+}
+
+/// One alert for one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub channel: String,
+    pub event: String,
+    pub job: Option<String>,
+    pub step: Option<String>,
+    pub interval_start: Option<DateTime<Utc>>,
+    pub run_id: Option<i64>,
+    pub summary: String,
+    pub payload: serde_json::Value,
+    pub state: AlertState,
+    pub tries: u32,
+    pub next_try_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
 /// Which runs `runs` returns.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -441,6 +501,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0003_daemon.sql",
         sql: include_str!("migrations/sqlite/0003_daemon.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_alerts.sql",
+        sql: include_str!("migrations/sqlite/0004_alerts.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -459,6 +524,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "0003_daemon.sql",
         sql: include_str!("migrations/postgres/0003_daemon.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_alerts.sql",
+        sql: include_str!("migrations/postgres/0004_alerts.sql"),
     },
 ];
 
@@ -866,6 +936,61 @@ impl Store {
     }
 }
 
+// The alert queue.
+impl Store {
+    /// Queues `alert` for its channel, or records it as suppressed when an alert with the same
+    /// throttle key went out on that channel less than `repeat_interval` ago. A queued alert's
+    /// `payload.suppressed` says how many were held back since the last one; the key's condition
+    /// is marked open (see [`Store::close_alert_condition`]).
+    pub async fn enqueue_alert(&self, alert: &NewAlert) -> Result<Enqueued, StoreError> {
+        dispatch!(self.enqueue_alert(alert))
+    }
+
+    /// Queued alerts whose time to be sent has come, oldest first.
+    pub async fn due_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        dispatch!(self.due_alerts(limit))
+    }
+
+    /// Records one try to send an alert: sent; or failed with `error`, queued again at
+    /// `retry_at` (or failed for good when None).
+    pub async fn alert_tried(
+        &self,
+        id: i64,
+        error: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.alert_tried(id, error, retry_at))
+    }
+
+    /// Alerts, newest first (`job` None: all; `limit` 0: all).
+    pub async fn alerts(
+        &self,
+        job: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        dispatch!(self.alerts(job, limit))
+    }
+
+    /// Marks the condition of `key` on `channel` closed; true when it was open (then the
+    /// caller sends a `resolved` notice).
+    pub async fn close_alert_condition(
+        &self,
+        channel: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.close_alert_condition(channel, key))
+    }
+
+    /// Records that the SLA of `job`'s interval was missed; true only the first time.
+    pub async fn claim_sla_alert(
+        &self,
+        job: &str,
+        interval_start: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.claim_sla_alert(job, interval_start))
+    }
+}
+
 /// Range bounds clamped to the years 0000-9999 that both backends store and order correctly
 /// (so `DateTime::<Utc>::MIN_UTC..MAX_UTC` means "everything").
 fn clamp_bound(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -940,13 +1065,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            3
+            4
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 3, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 4, "x")
             .unwrap()
             .is_empty());
     }

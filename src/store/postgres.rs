@@ -14,8 +14,10 @@
 //!   dropped, not reused, and a new one is made on demand (so a server restart heals).
 //! * **Concurrency.** Every write is one statement (`recover_stale` is one statement with
 //!   data-modifying CTEs), so several daemons never see half an update, and row locks make
-//!   `recover_stale` mark each dead run once. Migrations run under a transaction-level advisory
-//!   lock per schema, so daemons starting together apply them once.
+//!   `recover_stale` mark each dead run once. The one exception, a throttled `enqueue_alert`,
+//!   is a short transaction holding its throttle row's lock (see `postgres/alerts.rs`).
+//!   Migrations run under a transaction-level advisory lock per schema, so daemons starting
+//!   together apply them once.
 //! * **Time.** Timestamps come from the server's clock (`now()`), so heartbeats written by one
 //!   daemon and judged stale by another are compared on one clock.
 //! * **Timeouts.** Every operation (including getting a connection) has a 30 s timeout and every
@@ -132,6 +134,14 @@ impl Lease<'_> {
         let rows = self.conn().client.query(&st, params).await;
         self.ok = true;
         rows.map_err(err(op))
+    }
+
+    /// Runs `sql` with the simple query protocol, unprepared: `BEGIN`, `COMMIT`, `ROLLBACK`.
+    async fn simple(&mut self, op: &'static str, sql: &'static str) -> Result<(), StoreError> {
+        self.ok = false;
+        let r = self.conn().client.batch_execute(sql).await;
+        self.ok = true;
+        r.map_err(err(op))
     }
 
     async fn execute(
@@ -324,7 +334,8 @@ macro_rules! select {
     }};
 }
 
-// After `select!`, which it uses.
+// After `select!`, which they use.
+mod alerts;
 mod daemon;
 
 impl PgStore {

@@ -31,6 +31,7 @@ use super::{
     INTERRUPTED, SQLITE_MIGRATIONS,
 };
 
+mod alerts;
 mod daemon;
 
 /// How long a write waits for another process holding the write lock.

@@ -25,12 +25,12 @@ use crate::store::{
 
 /// A duration as the microseconds the SQL multiplies by `interval '1 microsecond'` (capped like
 /// `stale_after`, so a huge one never overflows).
-fn micros(d: Duration) -> i64 {
+pub(super) fn micros(d: Duration) -> i64 {
     stale_duration(d).num_microseconds().unwrap_or(i64::MAX)
 }
 
 /// `LIMIT $n`: NULL (no limit) for 0.
-fn limit_param(limit: usize) -> Option<i64> {
+pub(super) fn limit_param(limit: usize) -> Option<i64> {
     i64::try_from(limit).ok().filter(|&l| l > 0)
 }
 
