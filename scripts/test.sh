@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs and starts what the tests need (graphviz, promtool, tansu, garage), then formatting,
+# The test command: installs and starts what the tests need (graphviz, promtool, aiosmtpd, tansu, garage), then formatting,
 # lints and every test.
 # Usage: bash scripts/test.sh
 set -euo pipefail
@@ -22,6 +22,13 @@ if ! command -v promtool >/dev/null 2>&1; then
       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }) \
       || echo "test.sh: could not install prometheus; the /metrics test will fail" >&2
   fi
+fi
+
+# A real SMTP server for the e-mail alert test (Python's aiosmtpd, from PyPI).
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "test.sh: installing aiosmtpd" >&2
+  python3 -m pip install -q aiosmtpd >/dev/null 2>&1 \
+    || echo "test.sh: could not install aiosmtpd; the e-mail alert test will fail" >&2
 fi
 
 # The Kafka broker and the S3 server (installed on first use, ~20 minutes once; then seconds).

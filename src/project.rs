@@ -18,7 +18,7 @@ use serde_yaml::Value;
 
 use crate::config::interp::{self, Env};
 use crate::config::project::{
-    CommandAlert, DatabaseConnection, KafkaConnection, S3Connection, WebhookAlert,
+    CommandAlert, DatabaseConnection, EmailAlert, KafkaConnection, S3Connection, WebhookAlert,
 };
 use crate::config::{
     AlertChannel, Connection, ConnectionKind, JobFile, ProjectConfig, ProjectDefaults, StepCommon,
@@ -584,13 +584,15 @@ fn build_alerts(
                 .map(AlertChannel::Webhook),
             Some("command") => yaml::deserialize::<CommandAlert>(body, file, &path, &["kind"], out)
                 .map(AlertChannel::Command),
+            Some("email") => yaml::deserialize::<EmailAlert>(body, file, &path, &["kind"], out)
+                .map(AlertChannel::Email),
             Some(other) => {
                 out.push(file.error_at_value(
                     &path.key("kind"),
                     "unknown-kind",
                     format!(
                         "alert channel '{name}': unknown kind '{other}'{}",
-                        did_you_mean(other, ["webhook", "command"])
+                        did_you_mean(other, ["webhook", "command", "email"])
                     ),
                 ));
                 None
@@ -599,7 +601,7 @@ fn build_alerts(
                 out.push(file.error_at_key(
                     &path,
                     "missing-field",
-                    format!("alert channel '{name}' needs a `kind` (webhook or command)"),
+                    format!("alert channel '{name}' needs a `kind` (webhook, command or email)"),
                 ));
                 None
             }
@@ -634,6 +636,29 @@ fn check_alert_channel(
                 )
                 .help(format!("events are: {}", ALERT_EVENTS.join(", "))),
             );
+        }
+    }
+    if let AlertChannel::Email(e) = c {
+        for (i, addr) in std::iter::once(&e.from).chain(&e.to).enumerate() {
+            if addr.parse::<lettre::message::Mailbox>().is_err() {
+                let field = if i == 0 {
+                    path.key("from")
+                } else {
+                    path.key("to").index(i - 1)
+                };
+                out.push(file.error_at_value(
+                    &field,
+                    "invalid-value",
+                    format!("alert channel '{name}': '{addr}' is not an e-mail address"),
+                ));
+            }
+        }
+        if e.to.is_empty() {
+            out.push(file.error_at_value(
+                &path.key("to"),
+                "invalid-value",
+                format!("alert channel '{name}': `to` needs at least one address"),
+            ));
         }
     }
     if let AlertChannel::Webhook(w) = c {

@@ -259,7 +259,13 @@ async fn a_failing_step_reaches_every_channel_once_then_resolves() {
         pager.len(),
         1,
         "{:#?}",
-        eng.store.alerts(None, 0).await.expect("alerts").iter().filter(|a| a.channel == "pager").collect::<Vec<_>>()
+        eng.store
+            .alerts(None, 0)
+            .await
+            .expect("alerts")
+            .iter()
+            .filter(|a| a.channel == "pager")
+            .collect::<Vec<_>>()
     );
     assert_eq!(pager[0]["dedup_key"], "load-count");
     assert_eq!(pager[0]["payload"]["severity"], "error");
@@ -537,4 +543,90 @@ async fn cranium_alerts_lists_them_and_alerts_test_sends_one() {
         .expect("alerts test");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean 'hook'"));
+}
+
+/// A real SMTP server (Python's aiosmtpd, printing what it receives) gets the alert as an
+/// e-mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_channel_sends_through_a_real_smtp_server() {
+    let (port, _l) = listener().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp_port = {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").port()
+    };
+    let log = dir.path().join("smtp.log");
+    let mut smtp = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-c",
+            "aiosmtpd.handlers.Debugging",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+        ])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("aiosmtpd must be installed (pip install aiosmtpd; scripts/test.sh installs it)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    assert!(
+        smtp.try_wait().expect("aiosmtpd").is_none(),
+        "aiosmtpd exited at once"
+    );
+    let _guard = Kill(smtp);
+    // Wait until it listens.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err() {
+        assert!(std::time::Instant::now() < until, "aiosmtpd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    project(
+        dir.path(),
+        port,
+        &format!(
+            "  mail:\n    kind: email\n    smtp_host: 127.0.0.1\n    smtp_port: {smtp_port}\n    tls: none\n    from: \"cranium <etl@example.com>\"\n    to: [oncall@example.com, data@example.com]\n"
+        ),
+        &[],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cranium"))
+        .args([
+            "--project",
+            &dir.path().display().to_string(),
+            "alerts",
+            "test",
+            "mail",
+        ])
+        .output()
+        .expect("alerts test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while std::time::Instant::now() < until {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("oncall@example.com") && text.contains("test alert") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        text.contains("Subject: [cranium alerting] test: test alert"),
+        "{text}"
+    );
+    assert!(
+        text.contains("oncall@example.com") && text.contains("data@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("etl@example.com"), "{text}");
 }

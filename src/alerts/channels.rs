@@ -13,7 +13,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::project::{AlertChannel, WebhookAlert, WebhookFormat};
+use crate::config::project::{AlertChannel, EmailAlert, SmtpTls, WebhookAlert, WebhookFormat};
 use crate::project::Project;
 
 /// How long a command channel may take unless it says.
@@ -53,6 +53,7 @@ pub async fn send_one(
             run_command(project, &c.command, alert, timeout).await
         }
         AlertChannel::Webhook(w) => post(w, alert).await,
+        AlertChannel::Email(e) => email(e, alert).await,
     };
     result.map_err(|e| project.redactor.redact(&e))
 }
@@ -172,6 +173,96 @@ async fn post(w: &WebhookAlert, alert: &serde_json::Value) -> Result<(), String>
         Err(_) => Err(format!(
             "POST {} did not answer within {timeout:?}",
             crate::db::redact_url(&w.url)
+        )),
+    }
+}
+
+/// The e-mail of an alert: subject and plain-text body.
+pub fn email_text(alert: &serde_json::Value) -> (String, String) {
+    let s = |k: &str| alert.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let subject = format!(
+        "[cranium {}] {}: {}",
+        s("project"),
+        s("event"),
+        s("summary")
+    );
+    let mut body = format!("{}\n\n", s("summary"));
+    for (label, key) in [
+        ("event", "event"),
+        ("job", "job"),
+        ("step", "step"),
+        ("interval start", "interval_start"),
+        ("interval end", "interval_end"),
+        ("log", "link"),
+    ] {
+        if !s(key).is_empty() {
+            body.push_str(&format!("{label}: {}\n", s(key)));
+        }
+    }
+    if let Some(run) = alert.get("run_id").and_then(|v| v.as_i64()) {
+        body.push_str(&format!("run: {run}\n"));
+    }
+    if let Some(d) = alert
+        .get("details")
+        .filter(|d| d.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        body.push_str(&format!(
+            "\ndetails:\n{}\n",
+            serde_json::to_string_pretty(d).unwrap_or_default()
+        ));
+    }
+    // One line: a subject must not carry a newline.
+    (
+        subject
+            .replace(['\r', '\n'], " ")
+            .chars()
+            .take(200)
+            .collect(),
+        body,
+    )
+}
+
+async fn email(e: &EmailAlert, alert: &serde_json::Value) -> Result<(), String> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let (subject, body) = email_text(alert);
+    let mut msg = Message::builder()
+        .from(
+            e.from
+                .parse()
+                .map_err(|x| format!("from '{}': {x}", e.from))?,
+        )
+        .subject(subject);
+    for to in &e.to {
+        msg = msg.to(to.parse().map_err(|x| format!("to '{to}': {x}"))?);
+    }
+    let msg = msg
+        .body(body)
+        .map_err(|x| format!("building the message: {x}"))?;
+    let timeout = e.timeout.map_or(ALERT_TIMEOUT, |t| t.0);
+    let builder = match e.tls {
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.smtp_host)
+            .map_err(|x| format!("smtp {}: {x}", e.smtp_host))?
+            .port(e.smtp_port.unwrap_or(587)),
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.smtp_host)
+            .map_err(|x| format!("smtp {}: {x}", e.smtp_host))?
+            .port(e.smtp_port.unwrap_or(465)),
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.smtp_host)
+            .port(e.smtp_port.unwrap_or(25)),
+    };
+    let mut builder = builder.timeout(Some(timeout));
+    if let Some(user) = &e.username {
+        builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+            user.clone(),
+            e.password.clone().unwrap_or_default(),
+        ));
+    }
+    let mailer = builder.build();
+    match tokio::time::timeout(timeout, mailer.send(msg)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(x)) => Err(format!("smtp {}: {x}", e.smtp_host)),
+        Err(_) => Err(format!(
+            "smtp {} did not answer within {timeout:?}",
+            e.smtp_host
         )),
     }
 }

@@ -22,17 +22,30 @@ pub fn backoff(tries: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// Called after every try: the alert, and whether it was sent.
+pub type OnTried<'a> = &'a (dyn Fn(&AlertRecord, bool) + Send + Sync);
+
 /// Sends every due alert once; returns how many were tried.
 pub async fn deliver_due(project: &Project, store: &Store) -> Result<usize, StoreError> {
+    deliver_due_counted(project, store, &|_, _| {}).await
+}
+
+/// [`deliver_due`], telling `on_tried` of each try.
+pub async fn deliver_due_counted(
+    project: &Project,
+    store: &Store,
+    on_tried: OnTried<'_>,
+) -> Result<usize, StoreError> {
     let due = store.due_alerts(100).await?;
     let n = due.len();
     for a in due {
-        try_one(project, store, &a).await?;
+        let sent = try_one(project, store, &a).await?;
+        on_tried(&a, sent);
     }
     Ok(n)
 }
 
-async fn try_one(project: &Project, store: &Store, a: &AlertRecord) -> Result<(), StoreError> {
+async fn try_one(project: &Project, store: &Store, a: &AlertRecord) -> Result<bool, StoreError> {
     let result = match project.alerts.get(&a.channel) {
         Some(c) => send_one(project, c, &a.payload).await,
         None => Err(format!(
@@ -48,7 +61,8 @@ async fn try_one(project: &Project, store: &Store, a: &AlertRecord) -> Result<()
                 id = a.id,
                 "alert sent"
             );
-            store.alert_tried(a.id, None, None).await
+            store.alert_tried(a.id, None, None).await?;
+            Ok(true)
         }
         Err(e) => {
             let retry =
@@ -63,7 +77,8 @@ async fn try_one(project: &Project, store: &Store, a: &AlertRecord) -> Result<()
                 retry_at = ?retry,
                 "sending an alert failed: {e}"
             );
-            store.alert_tried(a.id, Some(&e), retry).await
+            store.alert_tried(a.id, Some(&e), retry).await?;
+            Ok(false)
         }
     }
 }
@@ -75,13 +90,14 @@ pub async fn run(
     store: Store,
     every: Duration,
     stop: CancellationToken,
+    on_tried: impl Fn(&AlertRecord, bool) + Send + Sync,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = deliver_due(&project(), &store).await {
+        if let Err(e) = deliver_due_counted(&project(), &store, &on_tried).await {
             tracing::warn!("delivering alerts: metadata store: {e}");
         }
     }

@@ -108,16 +108,39 @@ impl Alert {
     }
 }
 
+/// Called for every alert queued (`false`) or held back by a throttle (`true`): channel, event.
+pub type OnQueued = Arc<dyn Fn(&str, &str, bool) + Send + Sync>;
+
 /// Raises alerts into the store's queue for the channels that take them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Notifier {
     pub project: Arc<Project>,
     pub store: Store,
+    /// Counts what was queued and suppressed (the daemon's metrics).
+    pub on_queued: Option<OnQueued>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("project", &self.project.name)
+            .finish()
+    }
 }
 
 impl Notifier {
     pub fn new(project: Arc<Project>, store: Store) -> Notifier {
-        Notifier { project, store }
+        Notifier {
+            project,
+            store,
+            on_queued: None,
+        }
+    }
+
+    fn counted(&self, channel: &str, event: &str, suppressed: bool) {
+        if let Some(f) = &self.on_queued {
+            f(channel, event, suppressed);
+        }
     }
 
     /// The channels of `job` (its `alerts:`), or of the project (`defaults.alerts`, else every
@@ -167,13 +190,17 @@ impl Notifier {
             };
             match self.store.enqueue_alert(&new).await {
                 Ok(Enqueued::Queued { id, .. }) => {
+                    self.counted(&name, &alert.event, false);
                     tracing::info!(channel = name, event = alert.event, id, "alert queued")
                 }
-                Ok(Enqueued::Suppressed { .. }) => tracing::info!(
-                    channel = name,
-                    event = alert.event,
-                    "alert suppressed by the channel's repeat_interval"
-                ),
+                Ok(Enqueued::Suppressed { .. }) => {
+                    self.counted(&name, &alert.event, true);
+                    tracing::info!(
+                        channel = name,
+                        event = alert.event,
+                        "alert suppressed by the channel's repeat_interval"
+                    )
+                }
                 Err(e) => tracing::error!(channel = name, "queueing an alert: {e}"),
             }
         }

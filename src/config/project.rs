@@ -242,6 +242,8 @@ pub enum AlertChannel {
     Webhook(WebhookAlert),
     /// Run a command with the JSON summary on standard input.
     Command(CommandAlert),
+    /// E-mail through an SMTP server.
+    Email(EmailAlert),
 }
 
 /// Every event an alert channel can take (`events:`).
@@ -312,12 +314,55 @@ pub struct CommandAlert {
     pub repeat_interval: Option<HumanDuration>,
 }
 
+/// How an e-mail channel talks to its SMTP server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required), port 587 by default.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS), port 465 by default.
+    Tls,
+    /// No encryption (a local relay), port 25 by default.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailAlert {
+    /// The SMTP server.
+    pub smtp_host: String,
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, e.g. `cranium <etl@example.com>`.
+    pub from: String,
+    /// The recipients.
+    pub to: Vec<String>,
+    /// How long one send may take (default 30s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// The events this channel takes (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// At most one alert per (job, step, event) in this time (default 1h).
+    #[serde(default)]
+    pub repeat_interval: Option<HumanDuration>,
+}
+
 impl AlertChannel {
     /// The events the channel takes; None: all.
     pub fn events(&self) -> Option<&[String]> {
         match self {
             AlertChannel::Webhook(w) => w.events.as_deref(),
             AlertChannel::Command(c) => c.events.as_deref(),
+            AlertChannel::Email(e) => e.events.as_deref(),
         }
     }
 
@@ -331,6 +376,7 @@ impl AlertChannel {
         let d = match self {
             AlertChannel::Webhook(w) => w.repeat_interval,
             AlertChannel::Command(c) => c.repeat_interval,
+            AlertChannel::Email(e) => e.repeat_interval,
         };
         d.map_or(std::time::Duration::from_secs(3600), |d| d.0)
     }
@@ -340,6 +386,7 @@ impl AlertChannel {
         match self {
             AlertChannel::Webhook(w) => w.headers.values().cloned().collect(),
             AlertChannel::Command(_) => Vec::new(),
+            AlertChannel::Email(e) => e.password.iter().cloned().collect(),
         }
     }
 }

@@ -114,6 +114,11 @@ impl Metrics {
             "Project reloads, by result (success, refused).",
         );
         c(
+            "cranium_alerts_total",
+            None,
+            "Alerts by channel, event and outcome (queued, suppressed by the throttle, sent, failed tries).",
+        );
+        c(
             "cranium_scheduler_skipped_intervals_total",
             None,
             "Intervals passed over (catchup: false), by job.",
@@ -236,6 +241,15 @@ impl Metrics {
     /// The delay of a scheduled interval's first step.
     pub fn schedule_delay(&self, job: &str, seconds: f64) {
         self.histogram("cranium_scheduler_delay_seconds", &[("job", job)], seconds);
+    }
+
+    /// An alert queued, suppressed, sent, or a failed try (`outcome`).
+    pub fn alert(&self, channel: &str, event: &str, outcome: &str) {
+        self.counter(
+            "cranium_alerts_total",
+            &[("channel", channel), ("event", event), ("outcome", outcome)],
+            1,
+        );
     }
 
     pub fn skipped(&self, job: &str, n: u64) {

@@ -268,6 +268,24 @@ fn spec_time(spec: &serde_json::Value, key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The daemon's notifier: alerts queued and suppressed count in its metrics.
+fn notifier(
+    project: Arc<crate::project::Project>,
+    store: Store,
+    metrics: &metrics::Metrics,
+) -> crate::alerts::Notifier {
+    let mut n = crate::alerts::Notifier::new(project, store);
+    let m = metrics.clone();
+    n.on_queued = Some(Arc::new(move |channel, event, suppressed| {
+        m.alert(
+            channel,
+            event,
+            if suppressed { "suppressed" } else { "queued" },
+        )
+    }));
+    n
+}
+
 impl Daemon {
     /// Loads and checks the project (refusing one with errors), opens the store (taking the
     /// single-daemon lock of a SQLite store), re-queues the runs of a daemon that died, and
@@ -292,7 +310,8 @@ impl Daemon {
         let mut engine = Engine::new(project.clone(), checked.graph.clone(), store.clone());
         engine.log_format = opts.log_format;
         engine.owner = format!("daemon:{id}");
-        engine.notifier = Some(crate::alerts::Notifier::new(project.clone(), store.clone()));
+        let metrics = metrics::Metrics::new();
+        engine.notifier = Some(notifier(project.clone(), store.clone(), &metrics));
         // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
         // On PostgreSQL, only those whose heartbeat is older than two lease times.
         let stale_after = if lock.is_some() {
@@ -362,7 +381,7 @@ impl Daemon {
             last_recheck: std::time::Instant::now(),
             last_beat: None,
             shared,
-            metrics: metrics::Metrics::new(),
+            metrics,
             queued: 0,
             last_lag: None,
             last_sla: None,
@@ -1383,11 +1402,13 @@ impl Daemon {
             let rx = self.project_tx.subscribe();
             let store = self.store.clone();
             let stop = alerts_stop.clone();
+            let m = self.metrics.clone();
             tokio::spawn(crate::alerts::deliver::run(
                 move || rx.borrow().clone(),
                 store,
                 ALERT_EVERY,
                 stop,
+                move |a, sent| m.alert(&a.channel, &a.event, if sent { "sent" } else { "failed" }),
             ))
         };
         let mut watcher = reload::watch(&self.root);
