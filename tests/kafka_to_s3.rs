@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cranium::engine::Engine;
@@ -532,6 +533,84 @@ async fn resumes_from_the_middle_of_a_large_record_batch() {
         .collect();
     ids.sort();
     assert_eq!(ids, (0..10_000).collect::<Vec<u64>>());
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
+
+/// `max_lag`: a run that leaves the group further behind raises `kafka_lag` (with the partitions),
+/// and the run that catches up resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lag_over_max_lag_raises_an_alert_and_catching_up_resolves_it() {
+    let topic = unique("lagalert");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    let recs = [
+        ("2026-03-01T11:05:00Z", 1),
+        ("2026-03-01T11:59:00Z", 2),
+        ("2026-03-01T12:00:00Z", 3),
+        ("2026-03-01T12:10:00Z", 4),
+    ]
+    .map(|(time, id)| (0, t(time).timestamp_millis(), event(id, time)));
+    produce(&p, &topic, recs);
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/lagalert");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(&topic, &prefix, "    until: interval_end\n    max_lag: 1\n"),
+        )],
+    );
+    let sink = dir.path().join("alerts.jsonl");
+    std::fs::write(
+        dir.path().join("alert.sh"),
+        format!("#!/bin/sh\n{{ cat; echo; }} >> {}\n", sink.display()),
+    )
+    .expect("alert.sh");
+    std::process::Command::new("chmod")
+        .args(["+x", &dir.path().join("alert.sh").display().to_string()])
+        .status()
+        .expect("chmod");
+    let mut yaml = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("yaml");
+    yaml.push_str("alerts:\n  script:\n    kind: command\n    command: [./alert.sh]\ndefaults:\n  alerts: [script]\n");
+    std::fs::write(dir.path().join("cranium.yaml"), yaml).expect("yaml");
+    let mut e = engine(dir.path()).await;
+    e.notifier = Some(cranium::alerts::Notifier::new(
+        e.project.clone(),
+        e.store.clone(),
+    ));
+    let alerts = |sink: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(sink)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("alert json"))
+            .collect()
+    };
+
+    let (state, _, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    cranium::alerts::deliver::drain(&e.project, &e.store, Duration::from_secs(20)).await;
+    let got = alerts(&sink);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["event"], "kafka_lag");
+    assert_eq!(got[0]["details"]["lag"], 2);
+    assert_eq!(got[0]["details"]["max_lag"], 1);
+    assert_eq!(got[0]["details"]["partitions"][0]["topic"], topic.as_str());
+    assert!(got[0]["summary"]
+        .as_str()
+        .unwrap_or("")
+        .contains("2 record(s) behind"));
+
+    let (state, _, report) = run(&e, hour1("2026-03-01T12:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    cranium::alerts::deliver::drain(&e.project, &e.store, Duration::from_secs(20)).await;
+    let got = alerts(&sink);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[1]["event"], "resolved");
+    assert_eq!(got[1]["details"]["resolves"], "kafka_lag");
+    let (s3, bucket) = s3();
     s3.delete_prefix(&bucket, &format!("{prefix}/"))
         .await
         .expect("clean");

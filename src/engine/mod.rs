@@ -610,13 +610,7 @@ impl Engine {
                     report.bytes = out.bytes;
                     report.error = None;
                     self.alert_step_succeeded(
-                        job,
-                        &spec.id,
-                        interval,
-                        run_id,
-                        attempt,
-                        &out.outputs,
-                        &log_path,
+                        job, &spec.id, interval, run_id, attempt, &out, &log_path,
                     )
                     .await;
                     return Ok(Some(out.outputs));
@@ -723,12 +717,63 @@ impl Engine {
         interval: Interval,
         run_id: i64,
         attempt: u32,
-        outputs: &Outputs,
+        out: &StepOutput,
         log_path: &str,
     ) {
         let Some(n) = &self.notifier else { return };
         if job.alerts.is_empty() {
             return;
+        }
+        let outputs = &out.outputs;
+        let max_lag = match job.step(step).map(|s| &s.config) {
+            Some(crate::steps::StepConfig::KafkaToS3(k)) => k.max_lag,
+            _ => None,
+        };
+        if let Some(max) = max_lag {
+            let lag: i64 = out
+                .consumer_lag
+                .iter()
+                .map(|l| (l.end_offset - l.committed_offset).max(0))
+                .sum();
+            if lag as u64 > max {
+                let partitions: Vec<serde_json::Value> = out
+                    .consumer_lag
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "topic": l.topic, "partition": l.partition,
+                            "committed_offset": l.committed_offset, "end_offset": l.end_offset,
+                            "lag": (l.end_offset - l.committed_offset).max(0),
+                        })
+                    })
+                    .collect();
+                let alert = crate::alerts::Alert::new(
+                    &self.project,
+                    "kafka_lag",
+                    format!(
+                        "{}.{step} is {lag} record(s) behind its topics after the run (max_lag {max})",
+                        job.name
+                    ),
+                )
+                .job(&job.name)
+                .step(step)
+                .interval(interval)
+                .run(run_id, Some(attempt))
+                .details(serde_json::json!({ "lag": lag, "max_lag": max, "partitions": partitions }))
+                .link(Some(log_path.to_string()));
+                n.raise(alert).await;
+            } else {
+                n.resolve(
+                    &job.name,
+                    Some(step),
+                    "kafka_lag",
+                    &format!(
+                        "{}.{step} caught up: {lag} record(s) behind (max_lag {max})",
+                        job.name
+                    ),
+                )
+                .await;
+            }
         }
         n.resolve(
             &job.name,

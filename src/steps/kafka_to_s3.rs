@@ -108,6 +108,10 @@ pub struct KafkaToS3Step {
     /// A Lua file with a `transform(record)` function applied to every record.
     #[serde(default)]
     pub transform: Option<String>,
+    /// Raise a `kafka_lag` alert when, after a run, the group is more than this many records
+    /// behind the end of its partitions (all topics together).
+    #[serde(default)]
+    pub max_lag: Option<u64>,
 }
 
 fn record_time() -> String {
