@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -614,4 +615,52 @@ async fn a_lag_over_max_lag_raises_an_alert_and_catching_up_resolves_it() {
     s3.delete_prefix(&bucket, &format!("{prefix}/"))
         .await
         .expect("clean");
+}
+
+/// The daemon measures each `kafka_to_s3` step's lag on the broker between runs: it grows while
+/// records arrive and nothing extracts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_shows_the_lag_growing_between_runs() {
+    let topic = unique("laggrow");
+    create_topic(&topic, 2).await;
+    let p = producer();
+    let batch = |from: u64, n: u64| {
+        (from..from + n).map(|i| {
+            let time = "2026-03-01T11:30:00Z";
+            ((i % 2) as i32, t(time).timestamp_millis(), event(i, time))
+        })
+    };
+    produce(&p, &topic, batch(0, 10));
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/laggrow");
+    project(dir.path(), &[("extract", &job(&topic, &prefix, ""))]);
+    let clock = Arc::new(cranium::daemon::clock::ManualClock::new(t(
+        "2026-03-01T10:30:00Z",
+    )));
+    let d = cranium::daemon::Daemon::start(cranium::daemon::DaemonOptions {
+        root: dir.path().to_path_buf(),
+        env: cranium::config::interp::Env::default(),
+        clock,
+        log_format: cranium::engine::logs::LogFormat::Text,
+        serve_health: false,
+    })
+    .await
+    .expect("daemon");
+    let lag_of = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("cranium_kafka_consumer_lag_records{")
+                    && l.contains(&format!("topic=\"{topic}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    d.refresh_lag().await;
+    let first = lag_of(&d.metrics.render());
+    // Nothing committed yet: everything on the broker is lag.
+    assert_eq!(first, 10.0, "{}", d.metrics.render());
+    produce(&p, &topic, batch(10, 20));
+    d.refresh_lag().await;
+    let second = lag_of(&d.metrics.render());
+    assert_eq!(second, 30.0, "{}", d.metrics.render());
 }

@@ -268,6 +268,75 @@ fn spec_time(spec: &serde_json::Value, key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// Every `kafka_to_s3` step's lag per partition, into `cranium_kafka_consumer_lag_records`: asked
+/// of the broker (so it grows while extraction is stuck, between runs), never below what the
+/// step recorded after its last run; the recorded value when the broker does not answer.
+pub async fn refresh_lag(
+    project: &Arc<crate::project::Project>,
+    store: &Store,
+    metrics: &metrics::Metrics,
+) {
+    let recorded = match store.consumer_lag(None).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("reading the recorded consumer lag: {e}");
+            Vec::new()
+        }
+    };
+    for j in &project.jobs {
+        for s in &j.steps {
+            let crate::steps::StepConfig::KafkaToS3(k) = &s.config else {
+                continue;
+            };
+            let (p, job, step, k) = (project.clone(), j.name.clone(), s.id.clone(), k.clone());
+            let measured = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::task::spawn_blocking(move || k.measure_lag(&p, &job, &step)),
+            )
+            .await;
+            let mine = |r: &&crate::store::ConsumerLag| r.job == j.name && r.step == s.id;
+            let rows: Vec<crate::store::ConsumerLag> = match measured {
+                Ok(Ok(Ok(lags))) => lags
+                    .into_iter()
+                    .map(|l| {
+                        let before = recorded
+                            .iter()
+                            .filter(mine)
+                            .find(|r| r.topic == l.topic && r.partition == l.partition);
+                        let end = l.end_offset.max(before.map_or(0, |b| b.end_offset));
+                        crate::store::ConsumerLag {
+                            job: j.name.clone(),
+                            step: s.id.clone(),
+                            topic: l.topic,
+                            partition: l.partition,
+                            committed_offset: l.committed_offset,
+                            end_offset: end,
+                            lag: (end - l.committed_offset).max(0),
+                            run_id: None,
+                            recorded_at: Utc::now(),
+                        }
+                    })
+                    .collect(),
+                other => {
+                    let why = match other {
+                        Ok(Ok(Err(e))) => e,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "the broker did not answer within 30s".to_string(),
+                        Ok(Ok(Ok(_))) => String::new(),
+                    };
+                    tracing::warn!(
+                        job = j.name,
+                        step = s.id,
+                        "measuring the consumer lag: {why}"
+                    );
+                    recorded.iter().filter(mine).cloned().collect()
+                }
+            };
+            metrics.consumer_lag(&rows);
+        }
+    }
+}
+
 /// The daemon's notifier: alerts queued and suppressed count in its metrics.
 fn notifier(
     project: Arc<crate::project::Project>,
@@ -1073,8 +1142,6 @@ impl Daemon {
             }
             if self.last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
                 self.last_lag = Some(std::time::Instant::now());
-                self.metrics
-                    .consumer_lag(&self.store.consumer_lag(None).await?);
                 self.metrics.upkeep();
             }
             if self.last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
@@ -1369,6 +1436,12 @@ impl Daemon {
         Ok(())
     }
 
+    /// Measures every `kafka_to_s3` step's consumer lag on the broker now, into the metrics
+    /// (see [`refresh_lag`]).
+    pub async fn refresh_lag(&self) {
+        refresh_lag(&self.engine.project, &self.store, &self.metrics).await;
+    }
+
     /// The daemon's loop, until `stop` is cancelled (the first SIGTERM/SIGINT); then a clean stop
     /// ([`Daemon::shutdown`]), cut short by `force` (the second signal).
     pub async fn run(
@@ -1398,6 +1471,24 @@ impl Daemon {
         };
         let _keeper = self.engine.keep_leases().drop_guard();
         let alerts_stop = CancellationToken::new();
+        let lag_task = {
+            let rx = self.project_tx.subscribe();
+            let (store, metrics, stop) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                alerts_stop.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let project = rx.borrow().clone();
+                    refresh_lag(&project, &store, &metrics).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(LAG_EVERY) => {}
+                    }
+                }
+            })
+        };
         let deliverer = {
             let rx = self.project_tx.subscribe();
             let store = self.store.clone();
@@ -1454,6 +1545,7 @@ impl Daemon {
         self.shutdown(force).await;
         alerts_stop.cancel();
         let _ = deliverer.await;
+        lag_task.abort();
         // What the stop itself raised goes out too, briefly.
         crate::alerts::deliver::drain(&self.engine.project, &self.store, Duration::from_secs(5))
             .await;

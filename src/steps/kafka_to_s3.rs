@@ -429,9 +429,55 @@ async fn blocking<T: Send + 'static>(
 
 impl KafkaToS3Step {
     fn group_for(&self, cx: &RunCx) -> String {
+        self.group_name(&cx.job().name, &cx.spec().id)
+    }
+
+    /// The consumer group of this step of `job`: `group`, or `cranium.<job>.<step>`.
+    pub fn group_name(&self, job: &str, step: &str) -> String {
         self.group
             .clone()
-            .unwrap_or_else(|| format!("cranium.{}.{}", cx.job().name, cx.spec().id))
+            .unwrap_or_else(|| format!("cranium.{job}.{step}"))
+    }
+
+    /// How far the step's group is behind each partition of its topics now, asking the broker
+    /// (blocking: call it on a blocking thread). Between runs this shows a lag that grows while
+    /// extraction is stuck. The end is read to partition-EOF, as after a run (a high watermark
+    /// alone is short of it on tansu 0.6.0).
+    pub fn measure_lag(
+        &self,
+        project: &crate::project::Project,
+        job: &str,
+        step: &str,
+    ) -> Result<Vec<super::PartitionLag>, String> {
+        let Some(Connection::Kafka(kconn)) = project.connections.get(&self.connection) else {
+            return Err(format!(
+                "connection '{}' is not a kafka connection",
+                self.connection
+            ));
+        };
+        let group = self.group_name(job, step);
+        let c = kafka::consumer(kconn, &group).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for topic in self.topic.iter() {
+            let parts = kafka::partitions(&c, &kconn.brokers, topic).map_err(|e| e.to_string())?;
+            let committed = kafka::committed(&c, topic, &parts).map_err(|e| e.to_string())?;
+            let marks = kafka::watermarks(&c, topic, &parts).map_err(|e| e.to_string())?;
+            // Read to the end of each partition: a broker's high watermark can be short of it.
+            let ends =
+                kafka::end_offsets(kconn, &group, topic, &parts).map_err(|e| e.to_string())?;
+            for p in parts {
+                let (low, high) = marks.get(&p).copied().unwrap_or((0, 0));
+                let end = ends.get(&p).copied().unwrap_or(high).max(high);
+                let done = committed.get(&p).copied().flatten().unwrap_or(low);
+                out.push(super::PartitionLag {
+                    topic: topic.clone(),
+                    partition: p,
+                    committed_offset: done,
+                    end_offset: end.max(done),
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn extract(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
