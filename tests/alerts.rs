@@ -630,3 +630,154 @@ async fn an_email_channel_sends_through_a_real_smtp_server() {
     );
     assert!(text.contains("etl@example.com"), "{text}");
 }
+
+/// A TCP forwarder to the local PostgreSQL that a test can stop and start again (on the same
+/// port), to make a server "go away" without touching the real one.
+struct Proxy {
+    port: u16,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let sock = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind proxy");
+        let port = sock.local_addr().expect("addr").port();
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let t2 = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = sock.accept().await {
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                t2.lock().expect("lock").push(h.abort_handle());
+            }
+        });
+        tasks.lock().expect("lock").push(accept.abort_handle());
+        Proxy { port, tasks }
+    }
+
+    fn stop(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_connection_outages_are_said_and_so_is_their_end() {
+    let (port, l) = listener().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_proxy = Proxy::start(0).await;
+    let conn_proxy = Proxy::start(0).await;
+    project(dir.path(), port, "", &[]);
+    // The store and a connection, each through its own proxy.
+    let yaml = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("yaml");
+    let yaml = yaml
+        .replace(
+            "state: sqlite://.cranium/state.db",
+            &format!(
+                "state: postgres://postgres@127.0.0.1:{}/test?schema=cranium_outage_{}",
+                store_proxy.port,
+                suffix()
+            ),
+        )
+        .replace(
+            &format!("    url: {PG}\n"),
+            &format!(
+                "    url: postgres://postgres@127.0.0.1:{}/test\n    connect_timeout: 2s\n",
+                conn_proxy.port
+            ),
+        );
+    std::fs::write(dir.path().join("cranium.yaml"), yaml).expect("yaml");
+    let clock = Arc::new(ManualClock::new(
+        parse_time("2026-03-01T10:05:00Z", Tz::UTC).expect("t"),
+    ));
+    let mut d = Daemon::start(DaemonOptions {
+        root: dir.path().to_path_buf(),
+        env: Env::default(),
+        clock,
+        log_format: LogFormat::Text,
+        serve_health: false,
+    })
+    .await
+    .expect("daemon");
+    let project = check(dir.path(), &Env::default()).expect("check").project;
+    let store = d.store().clone();
+    d.probe_connections().await;
+    d.housekeeping().await;
+    assert!(d.shared.get().store_ok);
+
+    // The connection goes away, and comes back.
+    conn_proxy.stop();
+    d.probe_connections().await;
+    deliver::drain(&project, &store, Duration::from_secs(10)).await;
+    let hook = seen(&l, "/hook");
+    let down: Vec<_> = hook
+        .iter()
+        .filter(|b| b["event"] == "connection_unreachable")
+        .collect();
+    assert_eq!(down.len(), 1, "{hook:#?}");
+    assert_eq!(down[0]["details"]["connection"], "pg");
+    d.probe_connections().await; // still down: said once
+    let conn_proxy = Proxy::start(conn_proxy.port).await;
+    d.probe_connections().await;
+    deliver::drain(&project, &store, Duration::from_secs(10)).await;
+    let hook = seen(&l, "/hook");
+    assert_eq!(
+        hook.iter()
+            .filter(|b| b["event"] == "connection_unreachable")
+            .count(),
+        1
+    );
+    assert!(
+        hook.iter()
+            .any(|b| b["event"] == "resolved"
+                && b["details"]["resolves"] == "connection_unreachable"),
+        "{hook:#?}"
+    );
+
+    // The store goes away: said at once, without the queue; and when it is back.
+    store_proxy.stop();
+    d.housekeeping().await;
+    assert!(!d.shared.get().store_ok);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen(&l, "/hook")
+        .iter()
+        .any(|b| b["event"] == "store_unreachable")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "no store_unreachable: {:#?}",
+            seen(&l, "/hook")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.housekeeping().await; // still down: said once
+    let _store_proxy = Proxy::start(store_proxy.port).await;
+    d.housekeeping().await;
+    assert!(d.shared.get().store_ok, "{:?}", d.shared.get().store_error);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen(&l, "/hook")
+        .iter()
+        .any(|b| b["event"] == "resolved" && b["details"]["resolves"] == "store_unreachable")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "no resolved: {:#?}",
+            seen(&l, "/hook")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen(&l, "/hook")
+            .iter()
+            .filter(|b| b["event"] == "store_unreachable")
+            .count(),
+        1
+    );
+    drop(conn_proxy);
+}

@@ -97,14 +97,19 @@ impl Alert {
         self
     }
 
-    /// What the throttle counts by.
+    /// What the throttle counts by (and, for connection alerts, the connection).
     fn throttle_key(&self) -> String {
-        format!(
+        let mut key = format!(
             "{}|{}|{}",
             self.job.as_deref().unwrap_or(""),
             self.step.as_deref().unwrap_or(""),
             self.event
-        )
+        );
+        if let Some(c) = self.details.get("connection").and_then(|c| c.as_str()) {
+            key.push('|');
+            key.push_str(c);
+        }
+        key
     }
 }
 

@@ -65,6 +65,8 @@ pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// How often queued alerts are sent.
 pub const ALERT_EVERY: Duration = Duration::from_secs(1);
+/// How often the database connections are probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(60);
 /// How often SLAs are checked.
 pub const SLA_EVERY: Duration = Duration::from_secs(15);
 /// How often it reads the consumer lag recorded in the store into the metrics.
@@ -196,6 +198,12 @@ pub struct Daemon {
     queued: usize,
     last_lag: Option<std::time::Instant>,
     last_sla: Option<std::time::Instant>,
+    last_probe: Option<std::time::Instant>,
+    /// Since when the store has not answered.
+    store_down: Option<std::time::Instant>,
+    /// Database connections that did not answer the last probe, since when.
+    connections_down: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
+    probing: Option<tokio::task::JoinHandle<()>>,
     /// The loaded project, for the alert deliverer.
     project_tx: tokio::sync::watch::Sender<Arc<crate::project::Project>>,
     serve_health: bool,
@@ -337,6 +345,66 @@ pub async fn refresh_lag(
     }
 }
 
+/// Tries to connect to every database connection of the project (within its connect timeout,
+/// all at once); one that stops answering raises `connection_unreachable`, and `resolved` when it
+/// answers again.
+async fn probe_round(
+    project: Arc<crate::project::Project>,
+    n: crate::alerts::Notifier,
+    down: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
+) {
+    let probes = project.connections.keys().filter_map(|name| {
+        let (kind, url, _, timeout) =
+            crate::steps::runtime::database_target(&project, name).ok()?;
+        let name = name.clone();
+        Some(async move {
+            let r = crate::db::DbClient::connect(kind, &url, timeout)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            (name, r)
+        })
+    });
+    let results = futures::future::join_all(probes).await;
+    for (name, result) in results {
+        let was_down = down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&name);
+        match result {
+            Err(e) if !was_down => {
+                down.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.clone(), std::time::Instant::now());
+                let e = project.redactor.redact(&e);
+                let a = crate::alerts::Alert::new(
+                    &project,
+                    "connection_unreachable",
+                    format!("connection '{name}' does not answer: {e}"),
+                )
+                .details(serde_json::json!({ "connection": name, "error": e }));
+                n.raise(a).await;
+            }
+            Ok(()) if was_down => {
+                down.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&name);
+                let a = crate::alerts::Alert::new(
+                    &project,
+                    "resolved",
+                    format!("connection '{name}' answers again"),
+                )
+                .details(serde_json::json!({
+                    "resolves": "connection_unreachable",
+                    "connection": name,
+                }));
+                n.raise(a).await;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The daemon's notifier: alerts queued and suppressed count in its metrics.
 fn notifier(
     project: Arc<crate::project::Project>,
@@ -454,6 +522,10 @@ impl Daemon {
             queued: 0,
             last_lag: None,
             last_sla: None,
+            last_probe: None,
+            store_down: None,
+            connections_down: Arc::default(),
+            probing: None,
             project_tx: tokio::sync::watch::Sender::new(project.clone()),
             serve_health: opts.serve_health,
             _lock: lock,
@@ -1136,6 +1208,18 @@ impl Daemon {
             if matches!(self.store, Store::Postgres(_)) {
                 let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
             }
+            if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
+                && self.probing.as_ref().is_none_or(|p| p.is_finished())
+            {
+                self.last_probe = Some(std::time::Instant::now());
+                if let Some(n) = self.engine.notifier.clone() {
+                    self.probing = Some(tokio::spawn(probe_round(
+                        self.engine.project.clone(),
+                        n,
+                        self.connections_down.clone(),
+                    )));
+                }
+            }
             if self.last_sla.is_none_or(|t| t.elapsed() >= SLA_EVERY) {
                 self.last_sla = Some(std::time::Instant::now());
                 self.check_slas().await?;
@@ -1169,17 +1253,91 @@ impl Daemon {
         }
         .await;
         match result {
-            Ok(()) => self.shared.update(|s| {
-                s.store_ok = true;
-                s.store_error = None;
-            }),
+            Ok(()) => {
+                self.shared.update(|s| {
+                    s.store_ok = true;
+                    s.store_error = None;
+                });
+                if let Some(since) = self.store_down.take() {
+                    let down =
+                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()));
+                    let a = crate::alerts::Alert::new(
+                        &self.engine.project,
+                        "resolved",
+                        format!("the metadata store is reachable again (after {down})"),
+                    )
+                    .details(serde_json::json!({ "resolves": "store_unreachable" }));
+                    self.send_now(a);
+                }
+            }
             Err(e) => {
                 tracing::error!("metadata store: {e}");
                 self.shared.update(|s| {
                     s.store_ok = false;
                     s.store_error = Some(e.to_string());
                 });
+                if self.store_down.is_none() {
+                    self.store_down = Some(std::time::Instant::now());
+                    // The queue is in the store: this one goes out directly.
+                    let a = crate::alerts::Alert::new(
+                        &self.engine.project,
+                        "store_unreachable",
+                        format!(
+                            "the daemon cannot reach its metadata store {}: nothing is scheduled until it is back",
+                            crate::store::redact_url(&self.engine.project.state_url)
+                        ),
+                    )
+                    .details(serde_json::json!({ "error": e.to_string() }));
+                    self.send_now(a);
+                }
             }
+        }
+    }
+
+    /// Sends an alert to the project's channels that take it, at once and in the background,
+    /// without the queue (for when the store itself is what failed).
+    fn send_now(&self, alert: crate::alerts::Alert) {
+        let project = self.engine.project.clone();
+        let event = alert.event.clone();
+        let channels: Vec<String> = project
+            .defaults
+            .alerts
+            .clone()
+            .unwrap_or_else(|| project.alerts.keys().cloned().collect())
+            .into_iter()
+            .filter(|c| project.alerts.get(c).is_some_and(|ch| ch.takes(&event)))
+            .collect();
+        let Ok(payload) = serde_json::to_value(&alert) else {
+            return;
+        };
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            for name in channels {
+                let Some(ch) = project.alerts.get(&name) else {
+                    continue;
+                };
+                match crate::alerts::channels::send_one(&project, ch, &payload).await {
+                    Ok(()) => metrics.alert(&name, &event, "sent"),
+                    Err(e) => {
+                        metrics.alert(&name, &event, "failed");
+                        tracing::error!(channel = name, "sending a {event} alert: {e}");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Probes every database connection once and waits for the answers (housekeeping starts the
+    /// same probe in the background every [`PROBE_EVERY`], so a dead server never holds up the
+    /// loop).
+    pub async fn probe_connections(&mut self) {
+        if let Some(n) = self.engine.notifier.clone() {
+            probe_round(
+                self.engine.project.clone(),
+                n,
+                self.connections_down.clone(),
+            )
+            .await;
         }
     }
 
