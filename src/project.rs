@@ -84,6 +84,8 @@ pub struct DaemonSettings {
     pub listen: Option<std::net::SocketAddr>,
     pub max_running_steps: usize,
     pub shutdown_grace: Duration,
+    /// The dashboard's address, for links in alerts.
+    pub public_url: Option<String>,
 }
 
 impl Default for DaemonSettings {
@@ -92,6 +94,7 @@ impl Default for DaemonSettings {
             listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8181))),
             max_running_steps: 16,
             shutdown_grace: Duration::from_secs(60),
+            public_url: None,
         }
     }
 }
@@ -359,6 +362,17 @@ fn build_daemon(
     }
     if let Some(g) = raw.daemon.shutdown_grace {
         d.shutdown_grace = g.0;
+    }
+    if let Some(u) = &raw.daemon.public_url {
+        if u.starts_with("http://") || u.starts_with("https://") {
+            d.public_url = Some(u.trim_end_matches('/').to_string());
+        } else {
+            out.push(file.error_at_value(
+                &path.key("public_url"),
+                "invalid-value",
+                format!("public_url '{u}' must start with http:// or https://"),
+            ));
+        }
     }
     d
 }

@@ -261,3 +261,22 @@ fn every_command_has_help_with_an_example() {
         );
     }
 }
+
+/// Logs written to a pipe or a file carry no colour escape codes (and NO_COLOR is honoured).
+#[test]
+fn logs_are_plain_text_off_a_terminal() {
+    for no_color in [false, true] {
+        // A new store: opening it logs its migrations.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cranium.yaml"), "name: plain\n").expect("yaml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cranium"));
+        cmd.args(["--verbose", "runs"]).current_dir(dir.path());
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().expect("cranium");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("applied store migration"), "{stderr}");
+        assert!(!stderr.contains('\u{1b}'), "escape codes in: {stderr:?}");
+    }
+}

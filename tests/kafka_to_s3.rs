@@ -563,37 +563,13 @@ async fn a_lag_over_max_lag_raises_an_alert_and_catching_up_resolves_it() {
             &job(&topic, &prefix, "    until: interval_end\n    max_lag: 1\n"),
         )],
     );
-    let sink = dir.path().join("alerts.jsonl");
-    std::fs::write(
-        dir.path().join("alert.sh"),
-        format!("#!/bin/sh\n{{ cat; echo; }} >> {}\n", sink.display()),
-    )
-    .expect("alert.sh");
-    std::process::Command::new("chmod")
-        .args(["+x", &dir.path().join("alert.sh").display().to_string()])
-        .status()
-        .expect("chmod");
-    let mut yaml = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("yaml");
-    yaml.push_str("alerts:\n  script:\n    kind: command\n    command: [./alert.sh]\ndefaults:\n  alerts: [script]\n");
-    std::fs::write(dir.path().join("cranium.yaml"), yaml).expect("yaml");
-    let mut e = engine(dir.path()).await;
-    e.notifier = Some(cranium::alerts::Notifier::new(
-        e.project.clone(),
-        e.store.clone(),
-    ));
-    let alerts = |sink: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(sink)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).expect("alert json"))
-            .collect()
-    };
+    let sink = add_alert_sink(dir.path());
+    let e = alerting_engine(dir.path()).await;
 
     let (state, _, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     cranium::alerts::deliver::drain(&e.project, &e.store, Duration::from_secs(20)).await;
-    let got = alerts(&sink);
+    let got = sink_alerts(&sink);
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0]["event"], "kafka_lag");
     assert_eq!(got[0]["details"]["lag"], 2);
@@ -607,7 +583,7 @@ async fn a_lag_over_max_lag_raises_an_alert_and_catching_up_resolves_it() {
     let (state, _, report) = run(&e, hour1("2026-03-01T12:00:00Z")).await;
     assert_eq!(state, StepState::Success, "{report}");
     cranium::alerts::deliver::drain(&e.project, &e.store, Duration::from_secs(20)).await;
-    let got = alerts(&sink);
+    let got = sink_alerts(&sink);
     assert_eq!(got.len(), 2, "{got:#?}");
     assert_eq!(got[1]["event"], "resolved");
     assert_eq!(got[1]["details"]["resolves"], "kafka_lag");
@@ -663,4 +639,89 @@ async fn the_daemon_shows_the_lag_growing_between_runs() {
     d.refresh_lag().await;
     let second = lag_of(&d.metrics.render());
     assert_eq!(second, 30.0, "{}", d.metrics.render());
+}
+
+/// Adds a command alert channel to the project in `dir` (every job's default) that appends each
+/// alert's JSON to the returned file.
+fn add_alert_sink(dir: &Path) -> std::path::PathBuf {
+    let sink = dir.join("alerts.jsonl");
+    std::fs::write(
+        dir.join("alert.sh"),
+        format!("#!/bin/sh\n{{ cat; echo; }} >> {}\n", sink.display()),
+    )
+    .expect("alert.sh");
+    std::process::Command::new("chmod")
+        .args(["+x", &dir.join("alert.sh").display().to_string()])
+        .status()
+        .expect("chmod");
+    let mut yaml = std::fs::read_to_string(dir.join("cranium.yaml")).expect("yaml");
+    yaml.push_str(
+        "alerts:\n  script:\n    kind: command\n    command: [./alert.sh]\ndefaults:\n  alerts: [script]\n",
+    );
+    std::fs::write(dir.join("cranium.yaml"), yaml).expect("yaml");
+    sink
+}
+
+/// The engine of the project in `dir`, raising alerts.
+async fn alerting_engine(dir: &Path) -> Engine {
+    let mut e = engine(dir).await;
+    e.notifier = Some(cranium::alerts::Notifier::new(
+        e.project.clone(),
+        e.store.clone(),
+    ));
+    e
+}
+
+/// What the alert sink received, oldest first.
+fn sink_alerts(sink: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(sink)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("alert json"))
+        .collect()
+}
+
+/// A run that writes dead letters (within its ratio) raises `dead_letters` with the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_within_the_ratio_raise_an_alert() {
+    let topic = unique("deadalert");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    let ts = t("2026-03-01T11:10:00Z").timestamp_millis();
+    let mut recs: Vec<(i32, i64, Vec<u8>)> = (0..10u64)
+        .map(|i| (0, ts, event(i, "2026-03-01T11:10:00Z")))
+        .collect();
+    recs[4].2 = b"{\"id\": 4, \"time\": ".to_vec(); // truncated JSON
+    produce(&p, &topic, recs);
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/deadalert");
+    project(
+        dir.path(),
+        &[(
+            "extract",
+            &job(&topic, &prefix, "    max_dead_letter_ratio: 0.5\n"),
+        )],
+    );
+    let sink = add_alert_sink(dir.path());
+    let e = alerting_engine(dir.path()).await;
+    let (state, out, report) = run(&e, hour1("2026-03-01T11:00:00Z")).await;
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["dead_letters"], 1);
+    cranium::alerts::deliver::drain(&e.project, &e.store, Duration::from_secs(20)).await;
+    let got = sink_alerts(&sink);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["event"], "dead_letters");
+    assert_eq!(got[0]["details"]["dead_letters"], 1);
+    assert!(
+        got[0]["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 dead letter"),
+        "{got:#?}"
+    );
+    let (s3, bucket) = s3();
+    s3.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
 }

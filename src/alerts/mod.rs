@@ -164,7 +164,13 @@ impl Notifier {
 
     /// Queues `alert` for every channel of its job that takes its event. A failure to queue is
     /// logged (an alert never changes a step's outcome).
-    pub async fn raise(&self, alert: Alert) {
+    pub async fn raise(&self, mut alert: Alert) {
+        // With a dashboard, the link is the run's page (the log path stays in the details).
+        if let (Some(url), Some(job), Some(run)) =
+            (&self.project.daemon.public_url, &alert.job, alert.run_id)
+        {
+            alert.link = Some(format!("{url}/jobs/{job}/runs/{run}"));
+        }
         let payload = match serde_json::to_value(&alert) {
             Ok(v) => v,
             Err(e) => {

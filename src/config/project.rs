@@ -55,6 +55,10 @@ pub struct DaemonConfig {
     /// (default 60s).
     #[serde(default)]
     pub shutdown_grace: Option<HumanDuration>,
+    /// Where people reach the dashboard (e.g. `https://etl.example.com`): alerts then link to the
+    /// run's page instead of the log file.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// Defaults applied to every job unless the job says otherwise.
