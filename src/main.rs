@@ -193,7 +193,14 @@ enum Command {
     #[command(
         after_help = "Examples:\n  cranium daemon\n  cranium daemon --project /srv/etl --log-format json\n  curl -s http://127.0.0.1:8181/health"
     )]
-    Daemon,
+    Daemon {
+        /// Serve /livez, /readyz, /health and /metrics here instead of `daemon.listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The daemon's id in the store, its leases and `cranium status` (default HOST:PID:RANDOM).
+        #[arg(long, value_name = "NAME")]
+        id: Option<String>,
+    },
     /// One screen for people: the daemon (up or not), each job's last run, next due time and
     /// state, paused jobs, running steps, open requests.
     #[command(after_help = "Example:\n  cranium status")]
@@ -325,7 +332,7 @@ fn main() -> ExitCode {
     // The daemon says what it does (info) by default; the other commands only warn.
     commands::init_logging(
         log_format,
-        cli.verbose || matches!(cli.command, Command::Daemon),
+        cli.verbose || matches!(cli.command, Command::Daemon { .. }),
     );
     let mut out = std::io::stdout();
     // Not locked: tracing and progress output write to stderr from other threads.
@@ -411,7 +418,9 @@ fn main() -> ExitCode {
             };
             commands::alerts::list(project, job.as_deref(), limit, format, &mut out, &mut err)
         }
-        Command::Daemon => commands::daemon::daemon(project, log_format, &mut err),
+        Command::Daemon { listen, id } => {
+            commands::daemon::daemon(project, log_format, listen, id, &mut err)
+        }
         Command::Status => commands::daemon::status(project, &mut out, &mut err),
         Command::Pause { job } => commands::daemon::pause(project, &job, true, &mut out, &mut err),
         Command::Unpause { job } => {

@@ -120,7 +120,7 @@ alerts:
     url: http://127.0.0.1:{port}/hook
     headers:
       Authorization: "Bearer ${{HOOK_TOKEN:-s3cr3t-token}}"
-    repeat_interval: 2s
+    repeat_interval: 5s
   slack:
     kind: webhook
     url: http://127.0.0.1:{port}/slack
@@ -280,7 +280,7 @@ async fn a_failing_step_reaches_every_channel_once_then_resolves() {
         "{lines}"
     );
 
-    // The next failure within repeat_interval (2s) is held back on `hook`...
+    // The next failure within repeat_interval (5s) is held back on `hook`...
     let r = eng
         .run_interval("load", day("2026-03-02"), &opts, CancellationToken::new())
         .await
@@ -293,7 +293,7 @@ async fn a_failing_step_reaches_every_channel_once_then_resolves() {
         .iter()
         .any(|a| a.channel == "hook" && a.state == AlertState::Suppressed));
     // ... and the one after it says how many were.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     let r = eng
         .run_interval("load", day("2026-03-03"), &opts, CancellationToken::new())
         .await
@@ -428,6 +428,8 @@ async fn the_daemon_raises_sla_misses_once_and_refused_reloads() {
         clock: clock.clone(),
         log_format: LogFormat::Text,
         serve_health: false,
+        listen: None,
+        id: None,
     })
     .await
     .expect("daemon");
@@ -635,7 +637,8 @@ async fn an_email_channel_sends_through_a_real_smtp_server() {
 /// port), to make a server "go away" without touching the real one.
 struct Proxy {
     port: u16,
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Proxy {
@@ -644,8 +647,8 @@ impl Proxy {
             .await
             .expect("bind proxy");
         let port = sock.local_addr().expect("addr").port();
-        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let t2 = tasks.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c2 = conns.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = sock.accept().await {
                 let h = tokio::spawn(async move {
@@ -653,17 +656,28 @@ impl Proxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
                 });
-                t2.lock().expect("lock").push(h.abort_handle());
+                c2.lock().expect("lock").push(h.abort_handle());
             }
         });
-        tasks.lock().expect("lock").push(accept.abort_handle());
-        Proxy { port, tasks }
+        Proxy {
+            port,
+            accept: Mutex::new(Some(accept)),
+            conns,
+        }
     }
 
-    fn stop(&self) {
-        for t in self.tasks.lock().expect("lock").drain(..) {
-            t.abort();
+    /// Closes the listening socket (waiting until it is closed) and every forwarded connection.
+    async fn stop(&self) {
+        let accept = self.accept.lock().expect("lock").take();
+        if let Some(a) = accept {
+            a.abort();
+            let _ = a.await;
         }
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+        // Let the aborted connections close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -702,6 +716,8 @@ async fn store_and_connection_outages_are_said_and_so_is_their_end() {
         clock,
         log_format: LogFormat::Text,
         serve_health: false,
+        listen: None,
+        id: None,
     })
     .await
     .expect("daemon");
@@ -712,7 +728,7 @@ async fn store_and_connection_outages_are_said_and_so_is_their_end() {
     assert!(d.shared.get().store_ok);
 
     // The connection goes away, and comes back.
-    conn_proxy.stop();
+    conn_proxy.stop().await;
     d.probe_connections().await;
     deliver::drain(&project, &store, Duration::from_secs(10)).await;
     let hook = seen(&l, "/hook");
@@ -741,7 +757,7 @@ async fn store_and_connection_outages_are_said_and_so_is_their_end() {
     );
 
     // The store goes away: said at once, without the queue; and when it is back.
-    store_proxy.stop();
+    store_proxy.stop().await;
     d.housekeeping().await;
     assert!(!d.shared.get().store_ok);
     let until = std::time::Instant::now() + Duration::from_secs(10);

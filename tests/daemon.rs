@@ -47,6 +47,8 @@ async fn start(dir: &Path, clock: &Arc<ManualClock>) -> Daemon {
         clock: clock.clone(),
         log_format: LogFormat::Text,
         serve_health: false,
+        listen: None,
+        id: None,
     })
     .await
     .unwrap_or_else(|e| panic!("daemon start: {e}"))
@@ -665,6 +667,8 @@ async fn a_second_daemon_on_one_sqlite_store_is_refused() {
         clock: clock.clone(),
         log_format: LogFormat::Text,
         serve_health: false,
+        listen: None,
+        id: None,
     })
     .await
     .err()

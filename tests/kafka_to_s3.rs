@@ -619,6 +619,8 @@ async fn the_daemon_shows_the_lag_growing_between_runs() {
         clock,
         log_format: cranium::engine::logs::LogFormat::Text,
         serve_health: false,
+        listen: None,
+        id: None,
     })
     .await
     .expect("daemon");

@@ -23,7 +23,13 @@ use crate::store::{RequestKind, RequestRecord, RequestState, RunFilter};
 const DOWN_AFTER: chrono::Duration = chrono::Duration::seconds(15);
 
 /// `cranium daemon`: runs until SIGTERM or SIGINT (a second one cancels running steps at once).
-pub fn daemon(project: Option<&Path>, log_format: LogFormat, err: &mut dyn Write) -> i32 {
+pub fn daemon(
+    project: Option<&Path>,
+    log_format: LogFormat,
+    listen: Option<std::net::SocketAddr>,
+    id: Option<String>,
+    err: &mut dyn Write,
+) -> i32 {
     let root = match resolve_root(project) {
         Ok(r) => r,
         Err(e) => {
@@ -41,6 +47,8 @@ pub fn daemon(project: Option<&Path>, log_format: LogFormat, err: &mut dyn Write
             clock: Arc::new(daemon::clock::SystemClock),
             log_format,
             serve_health: true,
+            listen,
+            id,
         };
         let d = match Daemon::start(opts).await {
             Ok(d) => d,

@@ -106,6 +106,10 @@ pub struct DaemonOptions {
     pub log_format: LogFormat,
     /// Serve `/livez`, `/readyz`, `/health` on the project's `daemon.listen`.
     pub serve_health: bool,
+    /// `--listen`: serve health and metrics here instead of `daemon.listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--id`: the daemon's id instead of `HOST:PID:RANDOM`.
+    pub id: Option<String>,
 }
 
 /// A run the daemon is executing.
@@ -207,6 +211,7 @@ pub struct Daemon {
     /// The loaded project, for the alert deliverer.
     project_tx: tokio::sync::watch::Sender<Arc<crate::project::Project>>,
     serve_health: bool,
+    listen: Option<std::net::SocketAddr>,
     _lock: Option<lock::StoreLock>,
 }
 
@@ -438,12 +443,14 @@ impl Daemon {
             Store::Sqlite(s) => Some(lock::lock_sqlite_store(s.path())?),
             Store::Postgres(_) => None,
         };
-        let id = format!(
-            "{}:{}:{:08x}",
-            hostname(),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let id = opts.id.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}:{:08x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            )
+        });
         let mut engine = Engine::new(project.clone(), checked.graph.clone(), store.clone());
         engine.log_format = opts.log_format;
         engine.owner = format!("daemon:{id}");
@@ -528,6 +535,7 @@ impl Daemon {
             probing: None,
             project_tx: tokio::sync::watch::Sender::new(project.clone()),
             serve_health: opts.serve_health,
+            listen: opts.listen,
             _lock: lock,
         };
         for q in store.queued_daemon_runs().await? {
@@ -1236,7 +1244,7 @@ impl Daemon {
                     "jobs": st.jobs,
                     "active_runs": self.active.len(),
                     "running_steps": self.running.len(),
-                    "listen": self.engine.project.daemon.listen.map(|a| a.to_string()),
+                    "listen": self.listen.or(self.engine.project.daemon.listen).map(|a| a.to_string()),
                     "reload_errors": st.reload_errors,
                 });
                 self.store
@@ -1609,10 +1617,8 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let serve_stop = CancellationToken::new();
         let listen = self
-            .engine
-            .project
-            .daemon
             .listen
+            .or(self.engine.project.daemon.listen)
             .filter(|_| self.serve_health);
         let server = match listen {
             Some(addr) => Some(
