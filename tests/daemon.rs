@@ -40,6 +40,21 @@ fn job(name: &str, schedule: &str, tz: &str, start: &str, extra: &str, steps: &s
 
 const ONE_STEP: &str = "  - id: a\n    kind: noop\n";
 
+/// A project with one hourly job `h` (one noop step) from 2026-03-01.
+fn hourly_project(catchup: bool, max_active_runs: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("catchup: {catchup}\nmax_active_runs: {max_active_runs}\n");
+    project(
+        dir.path(),
+        "",
+        &[(
+            "h",
+            &job("h", "@hourly", "UTC", "2026-03-01", &extra, ONE_STEP),
+        )],
+    );
+    dir
+}
+
 async fn start(dir: &Path, clock: &Arc<ManualClock>) -> Daemon {
     Daemon::start(DaemonOptions {
         root: dir.to_path_buf(),
@@ -173,22 +188,7 @@ async fn a_week_across_dst_runs_every_interval_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_with_catchup_runs_every_missed_interval_and_without_runs_the_latest() {
     for catchup in [true, false] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        project(
-            dir.path(),
-            "",
-            &[(
-                "h",
-                &job(
-                    "h",
-                    "@hourly",
-                    "UTC",
-                    "2026-03-01",
-                    &format!("catchup: {catchup}\nmax_active_runs: 3\n"),
-                    ONE_STEP,
-                ),
-            )],
-        );
+        let dir = hourly_project(catchup, 3);
         let clock = Arc::new(ManualClock::new(t("2026-03-01T00:00:00Z")));
         {
             let mut d = start(dir.path(), &clock).await;
@@ -347,22 +347,7 @@ async fn a_backlog_in_one_pool_does_not_hold_back_another_and_priority_ranks_fir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_job_creates_nothing_and_catchup_decides_on_unpause() {
     for catchup in [false, true] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        project(
-            dir.path(),
-            "",
-            &[(
-                "h",
-                &job(
-                    "h",
-                    "@hourly",
-                    "UTC",
-                    "2026-03-01",
-                    &format!("catchup: {catchup}\nmax_active_runs: 10\n"),
-                    ONE_STEP,
-                ),
-            )],
-        );
+        let dir = hourly_project(catchup, 10);
         let clock = Arc::new(ManualClock::new(t("2026-03-01T01:30:00Z")));
         let mut d = start(dir.path(), &clock).await;
         d.settle().await;
