@@ -671,6 +671,9 @@ pub fn runs(
         } else {
             Vec::new()
         };
+        // One newest-first list within --limit: keep the runs and the passed-over intervals
+        // created after the cut.
+        let (runs, skipped) = newest_within(runs, skipped, limit);
         match format {
             RunsFormat::Json => {
                 let skipped_json = skipped.iter().map(|s| {
@@ -755,6 +758,35 @@ pub fn runs(
         }
         EXIT_OK
     })
+}
+
+/// The newest `limit` of runs and passed-over intervals together (by creation time; 0: all).
+fn newest_within(
+    mut runs: Vec<crate::store::RunRecord>,
+    mut skipped: Vec<crate::store::SkippedInterval>,
+    limit: usize,
+) -> (
+    Vec<crate::store::RunRecord>,
+    Vec<crate::store::SkippedInterval>,
+) {
+    if limit == 0 || runs.len() + skipped.len() <= limit {
+        return (runs, skipped);
+    }
+    let mut times: Vec<DateTime<Utc>> = runs
+        .iter()
+        .map(|r| r.created_at)
+        .chain(skipped.iter().map(|s| s.created_at))
+        .collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    let cut = times[limit - 1];
+    runs.retain(|r| r.created_at >= cut);
+    skipped.retain(|s| s.created_at >= cut);
+    // Ties at the cut: drop the oldest passed-over ones first.
+    while runs.len() + skipped.len() > limit && !skipped.is_empty() {
+        skipped.pop();
+    }
+    runs.truncate(limit - skipped.len());
+    (runs, skipped)
 }
 
 /// `cranium lag [JOB]`: how far each Kafka-reading step's group is behind each partition, as recorded
@@ -976,4 +1008,49 @@ pub fn clear(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunRecord, SkippedInterval};
+
+    fn at(min: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + min * 60, 0).unwrap_or_default()
+    }
+
+    fn iv(min: i64) -> Interval {
+        Interval {
+            start: at(min),
+            end: at(min + 1),
+        }
+    }
+
+    #[test]
+    fn runs_and_skipped_intervals_share_the_limit() {
+        let run = |id: i64, min: i64| RunRecord {
+            id,
+            job: "j".into(),
+            interval: iv(min),
+            state: RunState::Success,
+            trigger: Trigger::Schedule,
+            created_at: at(min),
+            started_at: None,
+            ended_at: None,
+        };
+        let skip = |min: i64| SkippedInterval {
+            job: "j".into(),
+            interval: iv(min),
+            reason: "r".into(),
+            created_at: at(min),
+        };
+        // Newest first, as the store returns them.
+        let runs = vec![run(3, 9), run(2, 5), run(1, 1)];
+        let skipped = vec![skip(8), skip(7), skip(2)];
+        let (r, s) = newest_within(runs.clone(), skipped.clone(), 4);
+        assert_eq!(r.iter().map(|r| r.id).collect::<Vec<_>>(), vec![3, 2]);
+        assert_eq!(s.len(), 2);
+        let (r, s) = newest_within(runs, skipped, 0);
+        assert_eq!((r.len(), s.len()), (3, 3));
+    }
 }
