@@ -505,6 +505,50 @@ async fn the_cli_and_the_step_fail_on_a_mismatch_and_on_a_connection_error() {
     let report =
         std::fs::read_to_string(dir.path().join("reports/2026-03-01.json")).expect("report");
     assert!(report.contains("\"differing\""), "{report}");
+
+    // With the alert queue (as `cranium run` and the daemon have it), the mismatch goes through
+    // it like every other alert.
+    let cfg = std::fs::read_to_string(dir.path().join("cranium.yaml")).expect("cfg");
+    std::fs::write(
+        dir.path().join("cranium.yaml"),
+        cfg.replace(
+            "cat > alert.json",
+            "cat >> alerts.jsonl; echo >> alerts.jsonl",
+        ),
+    )
+    .expect("cfg");
+    let mut e = engine(dir.path()).await;
+    e.notifier = Some(cranium::alerts::Notifier::new(
+        e.project.clone(),
+        e.store.clone(),
+    ));
+    let r = run_job(&e, "verify", day("2026-03-02")).await;
+    assert_eq!(r.steps[0].state, StepState::Failed, "{r:?}");
+    cranium::alerts::deliver::drain(&e.project, &e.store, std::time::Duration::from_secs(20)).await;
+    let sent: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("alerts.jsonl"))
+        .expect("alerts")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let events: Vec<&str> = sent
+        .iter()
+        .map(|a| a["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        events,
+        ["validate_mismatch", "step_failed", "run_failed"],
+        "{sent:#?}"
+    );
+    assert_eq!(sent[0]["details"]["differences"], 1);
+    assert!(sent[0]["summary"]
+        .as_str()
+        .unwrap_or("")
+        .contains("key 2: v: 2 → 3"));
+    let queued = e.store.alerts(Some("verify"), 0).await.expect("alerts");
+    assert!(queued
+        .iter()
+        .all(|a| a.state == cranium::store::AlertState::Sent));
     drop_pair(&table).await;
 }
 

@@ -552,6 +552,7 @@ impl Engine {
                 deadline,
                 cancel: cancel.child_token(),
                 log: log.clone(),
+                notifier: self.notifier.clone(),
             };
             let result = run_with_deadline(&cx, spec.timeout).await;
             match result {

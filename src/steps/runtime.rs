@@ -140,6 +140,9 @@ pub struct RunCx {
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
     pub log: AttemptLog,
+    /// Where the step raises alerts of its own (a validation mismatch); None: `--no-alerts`, or
+    /// an engine without a queue (the step then sends them itself).
+    pub notifier: Option<crate::alerts::Notifier>,
 }
 
 impl RunCx {

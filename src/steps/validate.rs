@@ -258,8 +258,25 @@ impl ValidateStep {
                 "differences": report.differences,
                 "report": out.outputs.get("report").cloned().unwrap_or_default(),
             });
-            for failure in crate::alerts::send(&cx.project, &cx.job().alerts, &alert).await {
-                cx.log.warn(&failure);
+            match &cx.notifier {
+                // Through the queue: throttled, retried, recorded, like every other alert.
+                Some(n) => {
+                    let a =
+                        crate::alerts::Alert::new(&cx.project, "validate_mismatch", what.clone())
+                            .job(&cx.job().name)
+                            .step(&cx.spec().id)
+                            .interval(cx.interval)
+                            .run(cx.run_id, Some(cx.attempt))
+                            .details(alert)
+                            .link(Some(cx.log.path().display().to_string()));
+                    n.raise(a).await;
+                }
+                None => {
+                    for failure in crate::alerts::send(&cx.project, &cx.job().alerts, &alert).await
+                    {
+                        cx.log.warn(&failure);
+                    }
+                }
             }
         }
         if report.equal {
