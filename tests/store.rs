@@ -201,6 +201,7 @@ suite!(
     leases_renew_and_release,
     pausing_jobs,
     requests_lifecycle,
+    requests_are_claimed_by_one_daemon,
     daemon_heartbeats,
     concurrent_claims_acquire_once,
     concurrent_decisions_create_one_run,
@@ -237,7 +238,7 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 4, "four migrations recorded: {before:?}");
+    assert_eq!(before.len(), 5, "five migrations recorded: {before:?}");
     for (i, m) in before.iter().enumerate() {
         assert!(m.starts_with(&format!("{} ", i + 1)), "{before:?}");
     }
@@ -2647,4 +2648,89 @@ async fn postgres_default_schema_parameter_is_applied() {
          step_leases, paused_jobs, requests, daemons, alerts, alert_sends, alert_throttle, \
          sla_alerts"
     );
+}
+
+/// Two daemons never both hold a request: a claim holds it until it expires or is released, the
+/// holder's claims renew, and racing claims split the requests without overlap.
+async fn requests_are_claimed_by_one_daemon(h: &Harness) {
+    use std::collections::HashSet;
+    use std::time::Duration;
+    let s = &h.store;
+    let spec = serde_json::json!({"start": "2026-03-01T00:00:00Z", "end": "2026-03-02T00:00:00Z"});
+    let a = s
+        .submit_request(RequestKind::Trigger, "j", &spec, 0)
+        .await
+        .expect("submit");
+    let b = s
+        .submit_request(RequestKind::Backfill, "j", &spec, 0)
+        .await
+        .expect("submit");
+    let ids =
+        |v: Vec<cranium::store::RequestRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let ttl = Duration::from_millis(400);
+    assert_eq!(
+        ids(s.claim_requests("d1", ttl).await.expect("claim")),
+        vec![a, b]
+    );
+    assert!(
+        s.claim_requests("d2", ttl).await.expect("claim").is_empty(),
+        "held by d1"
+    );
+    assert_eq!(
+        ids(s.claim_requests("d1", ttl).await.expect("renew")),
+        vec![a, b]
+    );
+    // An ended request is nobody's.
+    assert!(s.cancel_request(a).await.expect("cancel"));
+    assert_eq!(
+        ids(s.claim_requests("d1", ttl).await.expect("claim")),
+        vec![b]
+    );
+    // d1 stops renewing: d2 takes over after the expiry.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        ids(s.claim_requests("d2", ttl).await.expect("claim")),
+        vec![b]
+    );
+    assert!(s.claim_requests("d1", ttl).await.expect("claim").is_empty());
+    // A clean stop releases at once.
+    assert_eq!(s.release_requests("d2").await.expect("release"), 1);
+    assert_eq!(
+        ids(s.claim_requests("d1", ttl).await.expect("claim")),
+        vec![b]
+    );
+    s.release_requests("d1").await.expect("release");
+
+    // Racing daemons split new requests without overlap.
+    let mut new = Vec::new();
+    for _ in 0..6 {
+        new.push(
+            s.submit_request(RequestKind::Trigger, "k", &spec, 0)
+                .await
+                .expect("submit"),
+        );
+    }
+    let mut tasks = Vec::new();
+    for d in 0..4 {
+        let store = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let got = store
+                .claim_requests(&format!("racer{d}"), Duration::from_secs(60))
+                .await
+                .expect("claim");
+            got.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("task") {
+            assert!(seen.insert(id), "request {id} claimed twice");
+        }
+    }
+    for id in new {
+        assert!(
+            seen.contains(&id) || id == b,
+            "request {id} claimed by nobody"
+        );
+    }
 }

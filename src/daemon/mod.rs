@@ -964,8 +964,19 @@ impl Daemon {
 
     /// Requests from the command line: new triggers and backfills, cancellations, progress.
     async fn requests(&mut self) -> Result<(), StoreError> {
-        let open = self.store.requests(true, 0).await?;
-        let open_ids: HashSet<i64> = open.iter().map(|r| r.id).collect();
+        // Every open request (to see cancellations), and the ones this daemon holds: another
+        // daemon on the same store never starts a request this one claimed.
+        let open_ids: HashSet<i64> = self
+            .store
+            .requests(true, 0)
+            .await?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let open = self
+            .store
+            .claim_requests(&self.engine.owner, self.engine.lease_ttl)
+            .await?;
         // Cancelled (or ended elsewhere) requests: stop their runs.
         let gone: Vec<i64> = self
             .active
@@ -1778,6 +1789,9 @@ impl Daemon {
         }
         if let Err(e) = self.store.release_leases(&self.engine.owner).await {
             tracing::warn!("releasing leases: {e}");
+        }
+        if let Err(e) = self.store.release_requests(&self.engine.owner).await {
+            tracing::warn!("releasing requests: {e}");
         }
         if let Err(e) = self.store.daemon_stopped(&self.id).await {
             tracing::warn!("recording the stop: {e}");

@@ -506,6 +506,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0004_alerts.sql",
         sql: include_str!("migrations/sqlite/0004_alerts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_request_claims.sql",
+        sql: include_str!("migrations/sqlite/0005_request_claims.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -529,6 +534,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "0004_alerts.sql",
         sql: include_str!("migrations/postgres/0004_alerts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_request_claims.sql",
+        sql: include_str!("migrations/postgres/0005_request_claims.sql"),
     },
 ];
 
@@ -887,6 +897,22 @@ impl Store {
         dispatch!(self.requests(open_only, limit))
     }
 
+    /// Claims for `owner` until now + `ttl` every open request that no live daemon holds (or that
+    /// `owner` holds: the claim is renewed); returns the requests `owner` holds, oldest first.
+    /// Two daemons never both hold one.
+    pub async fn claim_requests(
+        &self,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        dispatch!(self.claim_requests(owner, ttl))
+    }
+
+    /// Gives up `owner`'s claims (a clean stop), so another daemon takes them over at once.
+    pub async fn release_requests(&self, owner: &str) -> Result<u64, StoreError> {
+        dispatch!(self.release_requests(owner))
+    }
+
     /// One request.
     pub async fn request(&self, id: i64) -> Result<Option<RequestRecord>, StoreError> {
         dispatch!(self.request(id))
@@ -1065,13 +1091,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            4
+            5
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 4, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 5, "x")
             .unwrap()
             .is_empty());
     }

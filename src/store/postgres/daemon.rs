@@ -562,6 +562,56 @@ impl PgStore {
         .await
     }
 
+    pub async fn claim_requests(
+        &self,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        const OP: &str = "claim_requests";
+        let ttl = micros(ttl);
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            // Rows another daemon is claiming right now are skipped, not waited for.
+            let rows = c
+                .query(
+                    OP,
+                    "WITH c AS ( \
+                         SELECT id FROM requests WHERE state IN ('pending', 'running') \
+                         AND (owner IS NULL OR owner = $1 OR owner_until <= now()) \
+                         ORDER BY id FOR UPDATE SKIP LOCKED \
+                     ) \
+                     UPDATE requests r SET owner = $1, \
+                         owner_until = now() + $2::bigint * interval '1 microsecond' \
+                     FROM c WHERE r.id = c.id \
+                     RETURNING r.id, r.kind, r.job, r.spec, r.priority, r.state, r.message, \
+                               r.created_at, r.updated_at",
+                    &[&owner, &ttl],
+                )
+                .await?;
+            let mut out: Vec<RequestRecord> = rows
+                .iter()
+                .map(|r| request_from_row(r, OP))
+                .collect::<Result<_, _>>()?;
+            out.sort_by_key(|r| r.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn release_requests(&self, owner: &str) -> Result<u64, StoreError> {
+        const OP: &str = "release_requests";
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            c.execute(
+                OP,
+                "UPDATE requests SET owner = NULL, owner_until = NULL WHERE owner = $1",
+                &[&owner],
+            )
+            .await
+        })
+        .await
+    }
+
     pub async fn cancel_request(&self, id: i64) -> Result<bool, StoreError> {
         const OP: &str = "cancel_request";
         with_timeout(OP, async {

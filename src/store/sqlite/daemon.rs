@@ -572,6 +572,50 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn claim_requests(
+        &self,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        const OP: &str = "claim_requests";
+        let owner = owner.to_string();
+        self.call(OP, move |conn| {
+            let sql = format!(
+                "UPDATE requests SET owner = ?1, owner_until = ?2 \
+                 WHERE state IN ('pending', 'running') \
+                 AND (owner IS NULL OR owner = ?1 OR owner_until <= ?3) \
+                 RETURNING {REQUEST_COLUMNS}"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(err(OP))?;
+            let mut rows = stmt
+                .query(params![owner, until(ttl), ts(now())])
+                .map_err(err(OP))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(err(OP))? {
+                out.push(request_from_row(r, OP)?);
+            }
+            out.sort_by_key(|r| r.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn release_requests(&self, owner: &str) -> Result<u64, StoreError> {
+        const OP: &str = "release_requests";
+        let owner = owner.to_string();
+        self.call(OP, move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE requests SET owner = NULL, owner_until = NULL WHERE owner = ?1",
+                )
+                .map_err(err(OP))?
+                .execute([owner])
+                .map_err(err(OP))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     pub async fn request(&self, id: i64) -> Result<Option<RequestRecord>, StoreError> {
         const OP: &str = "request";
         self.call(OP, move |conn| {
