@@ -84,6 +84,8 @@ pub struct DaemonSettings {
     pub listen: Option<std::net::SocketAddr>,
     pub max_running_steps: usize,
     pub shutdown_grace: Duration,
+    /// How long a step lease lasts without renewal.
+    pub lease_ttl: Duration,
     /// The dashboard's address, for links in alerts.
     pub public_url: Option<String>,
 }
@@ -94,6 +96,7 @@ impl Default for DaemonSettings {
             listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8181))),
             max_running_steps: 16,
             shutdown_grace: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(30),
             public_url: None,
         }
     }
@@ -362,6 +365,23 @@ fn build_daemon(
     }
     if let Some(g) = raw.daemon.shutdown_grace {
         d.shutdown_grace = g.0;
+    }
+    if let Some(t) = raw.daemon.lease_ttl {
+        if t.0 < Duration::from_secs(2) {
+            out.push(
+                file.error_at_value(
+                    &path.key("lease_ttl"),
+                    "out-of-range",
+                    format!(
+                        "lease_ttl {t} is too short",
+                        t = humantime::format_duration(t.0)
+                    ),
+                )
+                .help("write at least 2s; leases are renewed every third of it"),
+            );
+        } else {
+            d.lease_ttl = t.0;
+        }
     }
     if let Some(u) = &raw.daemon.public_url {
         if u.starts_with("http://") || u.starts_with("https://") {

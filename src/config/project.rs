@@ -55,6 +55,11 @@ pub struct DaemonConfig {
     /// (default 60s).
     #[serde(default)]
     pub shutdown_grace: Option<HumanDuration>,
+    /// How long a step's lease lasts without renewal (default 30s, at least 2s): a daemon that
+    /// dies or freezes loses its steps to the other daemons after this, and its runs after
+    /// twice this.
+    #[serde(default)]
+    pub lease_ttl: Option<HumanDuration>,
     /// Where people reach the dashboard (e.g. `https://etl.example.com`): alerts then link to the
     /// run's page instead of the log file.
     #[serde(default)]

@@ -454,6 +454,10 @@ impl Daemon {
         let mut engine = Engine::new(project.clone(), checked.graph.clone(), store.clone());
         engine.log_format = opts.log_format;
         engine.owner = format!("daemon:{id}");
+        engine.lease_ttl = project.daemon.lease_ttl;
+        // A run whose heartbeat is older than two lease times is taken over by another daemon:
+        // it beats well within that.
+        engine.heartbeat_every = engine.heartbeat_every.min(engine.lease_ttl / 3);
         let metrics = metrics::Metrics::new();
         engine.notifier = Some(notifier(project.clone(), store.clone(), &metrics));
         // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
@@ -538,20 +542,46 @@ impl Daemon {
             listen: opts.listen,
             _lock: lock,
         };
-        for q in store.queued_daemon_runs().await? {
+        d.take_over_queued(usize::MAX).await?;
+        Ok(d)
+    }
+
+    /// Takes up to `limit` queued daemon runs (re-queued from a daemon that died or stopped)
+    /// and executes them; each is taken by one daemon only ([`Store::take_queued_run`]).
+    async fn take_over_queued(&mut self, limit: usize) -> Result<(), StoreError> {
+        let mut taken = 0;
+        for q in self.store.queued_daemon_runs().await? {
+            if taken >= limit {
+                break;
+            }
             let request = match q.request_id {
-                Some(id) => store.request(id).await?,
+                Some(id) => self.store.request(id).await?,
                 None => None,
             };
             if request.as_ref().is_some_and(|r| r.state.is_final()) {
-                // Its request was cancelled (or ended) while no daemon ran: the run ends too.
-                store.set_run_state(q.run.id, RunState::Failed).await?;
+                // Its request was cancelled (or ended) while no daemon ran it: the run ends too.
+                if self.store.take_queued_run(q.run.id).await? {
+                    self.store.set_run_state(q.run.id, RunState::Failed).await?;
+                }
+                continue;
+            }
+            if !self.engine.project.jobs.iter().any(|j| j.name == q.run.job) {
                 continue;
             }
             let origin = Origin::new(q.run.trigger, request.as_ref(), q.priority);
-            d.adopt(q.run.id, &q.run.job, q.run.interval, origin).await;
+            if self
+                .adopt(q.run.id, &q.run.job, q.run.interval, origin)
+                .await
+            {
+                taken += 1;
+                tracing::info!(
+                    run_id = q.run.id,
+                    job = q.run.job,
+                    "took over a queued run (its daemon stopped or died)"
+                );
+            }
         }
-        Ok(d)
+        Ok(())
     }
 
     /// This daemon's id (in the store's `daemons` table and its leases).
@@ -574,8 +604,17 @@ impl Daemon {
         self.running.len()
     }
 
-    /// Starts executing a recorded (queued) run.
-    async fn adopt(&mut self, run_id: i64, job: &str, interval: Interval, origin: Origin) {
+    /// Starts executing a recorded (queued) run, once it is taken from the queue (another
+    /// daemon on the same store may take it first: then false).
+    async fn adopt(&mut self, run_id: i64, job: &str, interval: Interval, origin: Origin) -> bool {
+        match self.store.take_queued_run(run_id).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::error!(job, run_id, "cannot take the queued run: {e}");
+                return false;
+            }
+        }
         let engine = self.engine.clone();
         match engine
             .prepare(job, interval, &origin.opts, Some(run_id))
@@ -601,11 +640,13 @@ impl Daemon {
                         started_any: false,
                     },
                 );
+                true
             }
-            Ok(Prepared::Nothing(_)) => {}
+            Ok(Prepared::Nothing(_)) => true,
             Err(e) => {
                 tracing::error!(job, run_id, "cannot start the run: {e}");
                 let _ = self.store.set_run_state(run_id, RunState::Failed).await;
+                true
             }
         }
     }
@@ -739,7 +780,7 @@ impl Daemon {
             let mut candidates = Vec::new();
             if !self.stopping {
                 for (run_id, a) in self.active.iter_mut() {
-                    if a.cancel.is_cancelled() {
+                    if a.cancel.is_cancelled() || a.run.is_lost() {
                         continue;
                     }
                     let ready = a.run.ready(&a.engine, &a.cancel, recheck).await?;
@@ -766,7 +807,7 @@ impl Daemon {
                 };
                 let claim = a.engine.claim(&mut a.run, c.step_index).await;
                 match claim {
-                    Ok(Claim::Acquired) => {
+                    Ok(Claim::Acquired { .. }) => {
                         if !a.started_any {
                             a.started_any = true;
                             if a.trigger == Trigger::Schedule {
@@ -834,7 +875,8 @@ impl Daemon {
             .active
             .iter()
             .filter(|(_, a)| {
-                a.run.is_complete() || (a.cancel.is_cancelled() && a.run.running() == 0)
+                a.run.is_complete()
+                    || ((a.cancel.is_cancelled() || a.run.is_lost()) && a.run.running() == 0)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -843,6 +885,11 @@ impl Daemon {
                 continue;
             };
             let job = a.run.job.clone();
+            if a.run.is_lost() {
+                // Another daemon took it over: it records the run's end, not this one.
+                let _ = a.run.finish(&a.engine, false).await;
+                continue;
+            }
             let report = a.run.finish(&a.engine, false).await?;
             tracing::info!(
                 job,
@@ -908,6 +955,7 @@ impl Daemon {
                         step_index: i,
                         report,
                         outputs: None,
+                        lost: false,
                     },
                 )
             }
@@ -1224,8 +1272,12 @@ impl Daemon {
                 self.paused = paused;
             }
             self.requests().await?;
-            if matches!(self.store, Store::Postgres(_)) {
+            if matches!(self.store, Store::Postgres(_)) && !self.stopping {
+                // Several daemons may share this store: the runs of one that died (no heartbeat
+                // for two lease times) or stopped are taken over here.
                 let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
+                let room = self.slots.max_running.saturating_sub(self.active.len());
+                self.take_over_queued(room).await?;
             }
             if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
                 && self.probing.as_ref().is_none_or(|p| p.is_finished())
@@ -1483,6 +1535,7 @@ impl Daemon {
         engine.owner = self.engine.owner.clone();
         engine.lease_ttl = self.engine.lease_ttl;
         engine.heartbeat_every = self.engine.heartbeat_every;
+        engine.leases = self.engine.leases.clone();
         engine.notifier = Some(crate::alerts::Notifier::new(
             project.clone(),
             self.store.clone(),

@@ -88,6 +88,14 @@ pub enum DbError {
     /// rolled back.
     #[error("cancelled")]
     Cancelled,
+    /// The script ran but was not committed: right before its `COMMIT` the caller said no
+    /// (a step whose lease was not renewed in time); the transaction was rolled back.
+    #[error(
+        "not committed: the step's lease was not renewed in time (this process was paused or cut \
+         off from the metadata store), so another runner may run it; the transaction was rolled \
+         back and nothing was applied"
+    )]
+    NotCommitted,
     /// Anything else: a value that cannot be converted, a driver-side failure.
     #[error("{0}")]
     Other(String),
@@ -138,7 +146,10 @@ impl DbError {
             DbError::Statement {
                 code: Some(code), ..
             } => is_retryable_code(code),
-            DbError::Timeout { .. } | DbError::Cancelled | DbError::Other(_) => false,
+            DbError::Timeout { .. }
+            | DbError::Cancelled
+            | DbError::NotCommitted
+            | DbError::Other(_) => false,
         }
     }
 }
@@ -232,6 +243,30 @@ impl DbClient {
         self.run_texts(&texts, transaction, deadline, cancel).await
     }
 
+    /// [`DbClient::run_script`], asking `commit_ok` right before the `COMMIT` of a
+    /// transactional script: when it says no, the transaction is rolled back and nothing is
+    /// applied ([`DbError::NotCommitted`]).
+    pub async fn run_script_guarded(
+        &mut self,
+        statements: &[StatementSource],
+        transaction: bool,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+        commit_ok: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<StatementOutcome>, DbError> {
+        let texts: Vec<&str> = statements.iter().map(|s| s.text.as_str()).collect();
+        match self {
+            DbClient::Postgres(c) => {
+                c.run_script(&texts, transaction, deadline, cancel, commit_ok)
+                    .await
+            }
+            DbClient::MySql(c) => {
+                c.run_script(&texts, transaction, deadline, cancel, commit_ok)
+                    .await
+            }
+        }
+    }
+
     /// [`DbClient::run_script`] over plain statement texts.
     pub async fn run_texts(
         &mut self,
@@ -242,11 +277,11 @@ impl DbClient {
     ) -> Result<Vec<StatementOutcome>, DbError> {
         match self {
             DbClient::Postgres(c) => {
-                c.run_script(statements, transaction, deadline, cancel)
+                c.run_script(statements, transaction, deadline, cancel, &|| true)
                     .await
             }
             DbClient::MySql(c) => {
-                c.run_script(statements, transaction, deadline, cancel)
+                c.run_script(statements, transaction, deadline, cancel, &|| true)
                     .await
             }
         }

@@ -360,6 +360,7 @@ impl MyClient {
         transaction: bool,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
+        commit_ok: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<StatementOutcome>, DbError> {
         self.conn()?;
         let started = Instant::now();
@@ -373,6 +374,18 @@ impl MyClient {
                 .text(index, text, transaction, started, deadline, cancel)
                 .await?;
             outcomes.push(StatementOutcome { rows_affected });
+        }
+        if transaction && !commit_ok() {
+            self.text(
+                statements.len(),
+                "ROLLBACK",
+                true,
+                started,
+                deadline,
+                cancel,
+            )
+            .await?;
+            return Err(DbError::NotCommitted);
         }
         if transaction {
             self.text(statements.len(), "COMMIT", true, started, deadline, cancel)

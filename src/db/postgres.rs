@@ -499,6 +499,7 @@ impl PgClient {
         transaction: bool,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
+        commit_ok: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<StatementOutcome>, DbError> {
         self.usable()?;
         let started = Instant::now();
@@ -512,6 +513,18 @@ impl PgClient {
                 .simple(index, text, transaction, started, deadline, cancel)
                 .await?;
             outcomes.push(StatementOutcome { rows_affected });
+        }
+        if transaction && !commit_ok() {
+            self.simple(
+                statements.len(),
+                "ROLLBACK",
+                true,
+                started,
+                deadline,
+                cancel,
+            )
+            .await?;
+            return Err(DbError::NotCommitted);
         }
         if transaction {
             self.simple(statements.len(), "COMMIT", true, started, deadline, cancel)

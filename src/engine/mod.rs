@@ -8,6 +8,7 @@
 //! source of truth for what is done.
 
 pub mod deps;
+pub mod leases;
 pub mod logs;
 pub mod retry;
 pub mod run;
@@ -170,6 +171,8 @@ pub struct Engine {
     pub lease_ttl: Duration,
     /// Where failures are raised as alerts (None: `--no-alerts`).
     pub notifier: Option<crate::alerts::Notifier>,
+    /// The leases this process holds (shared by the versions of a reloaded project).
+    pub leases: leases::LeaseBook,
 }
 
 /// Step outputs, as templates read them.
@@ -189,6 +192,7 @@ impl Engine {
             owner: format!("cli:{}:{}", std::process::id(), rand::random::<u32>()),
             lease_ttl: Duration::from_secs(30),
             notifier: None,
+            leases: leases::LeaseBook::default(),
         }
     }
 
@@ -197,19 +201,34 @@ impl Engine {
     /// stops renewing: its leases expire and another runner may take the steps over.
     pub fn keep_leases(&self) -> CancellationToken {
         let stop = CancellationToken::new();
-        let (store, owner, ttl, guard) = (
+        let (store, owner, ttl, guard, book) = (
             self.store.clone(),
             self.owner.clone(),
             self.lease_ttl,
             stop.clone(),
+            self.leases.clone(),
         );
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = guard.cancelled() => break,
                     _ = tokio::time::sleep(ttl / 3) => {
-                        if let Err(e) = store.renew_leases(&owner, ttl).await {
-                            tracing::warn!("renewing step leases: {e}");
+                        match tokio::time::timeout(ttl / 3, store.renew_leases(&owner, ttl)).await {
+                            Ok(Ok(keys)) => book.renewed(&keys),
+                            Ok(Err(e)) => tracing::warn!("renewing step leases: {e}"),
+                            Err(_) => tracing::warn!(
+                                "renewing step leases: the metadata store did not answer within {:?}",
+                                ttl / 3
+                            ),
+                        }
+                        // Not renewed for half their time to live: another runner may take them
+                        // over soon, so their attempts stop now.
+                        for (job, step, start) in book.cancel_overdue(ttl / 2) {
+                            tracing::error!(
+                                job, step, interval_start = %start,
+                                "cannot renew the step's lease for {:?}: cancelling its attempt (it runs again later)",
+                                ttl / 2
+                            );
                         }
                     }
                 }
@@ -356,7 +375,7 @@ impl Engine {
                     break;
                 }
                 match self.claim(&mut run, i).await? {
-                    Claim::Acquired => {
+                    Claim::Acquired { .. } => {
                         let task = run.start(self, i);
                         let engine = self.clone();
                         let cancel = cancel.clone();
@@ -407,15 +426,42 @@ impl Engine {
         to: StepState,
         attempt: u32,
         outputs: Option<&serde_json::Value>,
+        fence: Option<i64>,
     ) -> Result<(), EngineError> {
         state::transition(from, to).map_err(|source| EngineError::State {
             step: step.to_string(),
             source,
         })?;
-        self.store
-            .set_step_state(run_id, job, step, interval, to, attempt, outputs)
-            .await?;
+        match fence {
+            Some(token) => {
+                self.store
+                    .set_step_state_fenced(run_id, job, step, interval, to, attempt, outputs, token)
+                    .await?
+            }
+            None => {
+                self.store
+                    .set_step_state(run_id, job, step, interval, to, attempt, outputs)
+                    .await?
+            }
+        }
         Ok(())
+    }
+
+    /// Records the end of an attempt, fenced by the lease's token when the attempt has one.
+    async fn finish_attempt(
+        &self,
+        fence: Option<i64>,
+        attempt_id: i64,
+        result: &AttemptResult,
+    ) -> Result<(), crate::store::StoreError> {
+        match fence {
+            Some(token) => {
+                self.store
+                    .finish_attempt_fenced(attempt_id, result, token)
+                    .await
+            }
+            None => self.store.finish_attempt(attempt_id, result).await,
+        }
     }
 
     /// Run one step with its retries. Store errors end the step as failed (and are logged).
@@ -429,9 +475,11 @@ impl Engine {
         run_id: i64,
         steps_vars: serde_json::Map<String, serde_json::Value>,
         cancel: CancellationToken,
+        fence: Option<i64>,
     ) -> (
         StepReport,
         Option<serde_json::Map<String, serde_json::Value>>,
+        bool,
     ) {
         let started = Instant::now();
         let job = &self.project.jobs[ji];
@@ -456,18 +504,27 @@ impl Engine {
                 steps_vars,
                 cancel,
                 &mut report,
+                fence,
             )
             .await
         {
             Ok(outs) => {
                 report.duration = started.elapsed();
-                (report, outs)
+                (report, outs, false)
             }
             Err(e) => {
+                let lost = matches!(e, EngineError::Store(StoreError::Fenced { .. }));
+                if lost {
+                    tracing::error!(job = job_name, step = spec.id, run_id, "{e}");
+                }
                 report.state = StepState::Failed;
-                report.error = Some(format!("metadata store: {e}"));
+                report.error = Some(if lost {
+                    e.to_string()
+                } else {
+                    format!("metadata store: {e}")
+                });
                 report.duration = started.elapsed();
-                (report, None)
+                (report, None, lost)
             }
         }
     }
@@ -483,6 +540,7 @@ impl Engine {
         steps_vars: serde_json::Map<String, serde_json::Value>,
         cancel: CancellationToken,
         report: &mut StepReport,
+        fence: Option<i64>,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, EngineError> {
         let job = &self.project.jobs[ji];
         let spec = &job.steps[si];
@@ -499,6 +557,7 @@ impl Engine {
                 StepState::Running,
                 attempt,
                 None,
+                fence,
             )
             .await?;
             let log = AttemptLog::create(
@@ -517,10 +576,20 @@ impl Engine {
                 .unwrap_or(log.path())
                 .display()
                 .to_string();
-            let attempt_id = self
-                .store
-                .begin_attempt(run_id, job_name, &spec.id, interval, attempt, &log_path)
-                .await?;
+            let attempt_id = match fence {
+                Some(token) => {
+                    self.store
+                        .begin_attempt_fenced(
+                            run_id, job_name, &spec.id, interval, attempt, &log_path, token,
+                        )
+                        .await?
+                }
+                None => {
+                    self.store
+                        .begin_attempt(run_id, job_name, &spec.id, interval, attempt, &log_path)
+                        .await?
+                }
+            };
             log.info(&format!(
                 "attempt {attempt} of {max_attempts}: {} step, interval {} .. {}",
                 spec.config.as_step().kind(),
@@ -553,23 +622,28 @@ impl Engine {
                 cancel: cancel.child_token(),
                 log: log.clone(),
                 notifier: self.notifier.clone(),
+                lease_held: fence.map(|_| {
+                    let (book, margin) = (self.leases.clone(), self.lease_ttl / 2);
+                    let key = (job_name.to_string(), spec.id.clone(), interval.start);
+                    Arc::new(move || book.held(&key, margin)) as Arc<dyn Fn() -> bool + Send + Sync>
+                }),
             };
             let result = run_with_deadline(&cx, spec.timeout).await;
             match result {
                 Ok(out) => {
                     let outputs = serde_json::Value::Object(out.outputs.clone());
-                    self.store
-                        .finish_attempt(
-                            attempt_id,
-                            &AttemptResult {
-                                state: Some(StepState::Success),
-                                error: None,
-                                rows_affected: out.rows_affected,
-                                bytes: out.bytes,
-                                outputs: outputs.clone(),
-                            },
-                        )
-                        .await?;
+                    self.finish_attempt(
+                        fence,
+                        attempt_id,
+                        &AttemptResult {
+                            state: Some(StepState::Success),
+                            error: None,
+                            rows_affected: out.rows_affected,
+                            bytes: out.bytes,
+                            outputs: outputs.clone(),
+                        },
+                    )
+                    .await?;
                     if !out.consumer_lag.is_empty() {
                         let now = chrono::Utc::now();
                         let rows: Vec<crate::store::ConsumerLag> = out
@@ -598,6 +672,7 @@ impl Engine {
                         StepState::Success,
                         attempt,
                         Some(&outputs),
+                        fence,
                     )
                     .await?;
                     log.info(&format!(
@@ -618,10 +693,20 @@ impl Engine {
                 }
                 Err(e) => {
                     let message = self.project.redactor.redact(&e.message);
-                    let retry = e.retryable() && attempt < max_attempts && !cancel.is_cancelled();
+                    // A lease no longer trusted (not renewed in time) interrupts the attempt like
+                    // a cancellation: another runner may be taking it over.
+                    let lease_lost = fence.is_some()
+                        && !self.leases.held(
+                            &(job_name.to_string(), spec.id.clone(), interval.start),
+                            self.lease_ttl / 2,
+                        );
+                    let retry = e.retryable()
+                        && attempt < max_attempts
+                        && !cancel.is_cancelled()
+                        && !lease_lost;
                     // An attempt stopped by a cancellation is not a failure of the step: its record goes
                     // back to pending so that the next run (a resumed backfill) runs it again.
-                    let interrupted = cancel.is_cancelled();
+                    let interrupted = cancel.is_cancelled() || lease_lost;
                     let to = if retry {
                         StepState::UpForRetry
                     } else if interrupted {
@@ -630,18 +715,18 @@ impl Engine {
                         StepState::Failed
                     };
                     log.error(&format!("failed: {message}"));
-                    self.store
-                        .finish_attempt(
-                            attempt_id,
-                            &AttemptResult {
-                                state: Some(to),
-                                error: Some(message.clone()),
-                                rows_affected: None,
-                                bytes: None,
-                                outputs: serde_json::Value::Object(Default::default()),
-                            },
-                        )
-                        .await?;
+                    self.finish_attempt(
+                        fence,
+                        attempt_id,
+                        &AttemptResult {
+                            state: Some(to),
+                            error: Some(message.clone()),
+                            rows_affected: None,
+                            bytes: None,
+                            outputs: serde_json::Value::Object(Default::default()),
+                        },
+                    )
+                    .await?;
                     self.persist(
                         run_id,
                         job_name,
@@ -651,6 +736,7 @@ impl Engine {
                         to,
                         attempt,
                         None,
+                        fence,
                     )
                     .await?;
                     report.error = Some(message.clone());
@@ -694,7 +780,7 @@ impl Engine {
                     log.info(&format!("retrying in {:.1}s", wait.as_secs_f64()));
                     tokio::select! {
                         _ = cancel.cancelled() => {
-                            self.persist(run_id, job_name, &spec.id, interval, StepState::UpForRetry, StepState::Pending, attempt, None).await?;
+                            self.persist(run_id, job_name, &spec.id, interval, StepState::UpForRetry, StepState::Pending, attempt, None, fence).await?;
                             report.state = StepState::Pending;
                             return Ok(None);
                         }

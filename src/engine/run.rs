@@ -49,6 +49,10 @@ pub struct ActiveRun {
     cross_waiting: HashMap<usize, (Instant, String)>,
     started: Instant,
     heartbeat: CancellationToken,
+    /// The fencing token of each step's lease, from its claim.
+    tokens: HashMap<usize, i64>,
+    /// A step's writes were refused: another runner took its lease over, and with it the run.
+    lost: bool,
 }
 
 /// What [`Engine::prepare`] found.
@@ -71,6 +75,8 @@ pub struct StepTask {
     pub interval: Interval,
     /// The outputs of its upstream steps in the job, as templates read them.
     pub steps_vars: Outputs,
+    /// The fencing token of the step's lease: every write about the attempt names it.
+    pub fence: Option<i64>,
 }
 
 /// What [`Engine::execute`] returns.
@@ -80,6 +86,8 @@ pub struct StepDone {
     pub step_index: usize,
     pub report: StepReport,
     pub outputs: Option<Outputs>,
+    /// The store refused the attempt's writes: its lease went to another runner.
+    pub lost: bool,
 }
 
 impl Engine {
@@ -190,6 +198,8 @@ impl Engine {
             cross_waiting: HashMap::new(),
             started,
             heartbeat,
+            tokens: HashMap::new(),
+            lost: false,
         })))
     }
 
@@ -209,6 +219,9 @@ impl Engine {
                 run.opts.rerun != Rerun::All,
             )
             .await?;
+        if let Claim::Acquired { token } = &claim {
+            run.tokens.insert(i, *token);
+        }
         if let Claim::Done { outputs } = &claim {
             // Finished by someone else: this run's record of the step says success again.
             self.store
@@ -233,7 +246,10 @@ impl Engine {
 
     /// Runs a claimed step with its retries, then releases its lease.
     pub async fn execute(&self, task: StepTask, cancel: CancellationToken) -> StepDone {
-        let (report, outputs) = self
+        let key = (task.job.clone(), task.step.clone(), task.interval.start);
+        let cancel = cancel.child_token();
+        self.leases.hold(key.clone(), cancel.clone());
+        let (report, outputs, lost) = self
             .run_step(
                 task.job_index,
                 task.step_index,
@@ -242,8 +258,10 @@ impl Engine {
                 task.run_id,
                 task.steps_vars,
                 cancel,
+                task.fence,
             )
             .await;
+        self.leases.release(&key);
         if let Err(e) = self
             .store
             .release_step(&task.job, &task.step, task.interval.start, &self.owner)
@@ -261,6 +279,7 @@ impl Engine {
             step_index: task.step_index,
             report,
             outputs,
+            lost,
         }
     }
 }
@@ -361,6 +380,7 @@ impl ActiveRun {
                             StepState::UpstreamFailed,
                             0,
                             None,
+                            None,
                         )
                         .await?;
                     self.slots[i] = Slot::Finished(StepState::UpstreamFailed);
@@ -416,6 +436,7 @@ impl ActiveRun {
             step: job.steps[i].id.clone(),
             interval: self.interval,
             steps_vars,
+            fence: self.tokens.get(&i).copied(),
         }
     }
 
@@ -423,6 +444,8 @@ impl ActiveRun {
     /// again, for a resumed run.
     pub fn record(&mut self, done: StepDone) {
         let i = done.step_index;
+        self.tokens.remove(&i);
+        self.lost |= done.lost;
         self.slots[i] = if done.report.state == StepState::Pending {
             Slot::Pending
         } else {
@@ -448,6 +471,12 @@ impl ActiveRun {
             .iter()
             .filter(|s| matches!(s, Slot::Running))
             .count()
+    }
+
+    /// Whether another runner took a step's lease over (and the run with it): the run is given up
+    /// without writing anything more.
+    pub fn is_lost(&self) -> bool {
+        self.lost
     }
 
     /// Nothing pending and nothing running.
@@ -479,6 +508,23 @@ impl ActiveRun {
             RunState::Failed
         };
         self.heartbeat.cancel();
+        if self.lost {
+            // The run's steps went to another runner (which resumes this run): this one writes
+            // nothing more about it.
+            tracing::warn!(
+                job = self.job,
+                run_id = self.run_id,
+                "gave the run up: another runner took its step leases over"
+            );
+            return Ok(RunReport {
+                run_id: self.run_id,
+                job: std::mem::take(&mut self.job),
+                interval: self.interval,
+                state: RunState::Failed,
+                steps: std::mem::take(&mut self.reports).into_values().collect(),
+                duration: self.started.elapsed(),
+            });
+        }
         engine.store.set_run_state(self.run_id, state).await?;
         engine
             .alert_run_ended(&self.job, self.interval, self.run_id, state)

@@ -97,7 +97,7 @@ impl StepError {
                 }
             }
             DbError::Timeout { .. } => ErrorClass::Timeout,
-            DbError::Cancelled => ErrorClass::Cancelled,
+            DbError::Cancelled | DbError::NotCommitted => ErrorClass::Cancelled,
             DbError::Other(_) => ErrorClass::External,
         };
         StepError::new(class, e.to_string())
@@ -143,9 +143,17 @@ pub struct RunCx {
     /// Where the step raises alerts of its own (a validation mismatch); None: `--no-alerts`, or
     /// an engine without a queue (the step then sends them itself).
     pub notifier: Option<crate::alerts::Notifier>,
+    /// Whether this runner still holds the step's lease (renewed in time); asked right before a
+    /// step commits, so that a runner paused past its lease rolls back. None: always.
+    pub lease_held: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl RunCx {
+    /// See [`RunCx::lease_held`].
+    pub fn holds_lease(&self) -> bool {
+        self.lease_held.as_ref().is_none_or(|f| f())
+    }
+
     pub fn job(&self) -> &Job {
         &self.project.jobs[self.job_index]
     }

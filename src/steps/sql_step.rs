@@ -73,7 +73,13 @@ impl SqlStep {
             }
         ));
         match client
-            .run_script(&statements, self.transaction, cx.deadline, &cx.cancel)
+            .run_script_guarded(
+                &statements,
+                self.transaction,
+                cx.deadline,
+                &cx.cancel,
+                &|| cx.holds_lease(),
+            )
             .await
         {
             Ok(outcomes) => {

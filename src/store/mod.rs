@@ -215,6 +215,20 @@ pub enum StoreError {
     /// An operation on a run or attempt id that does not exist.
     #[error("{what} {id} does not exist in the store")]
     NotFound { what: &'static str, id: i64 },
+    /// A write about an attempt whose lease has since gone to another runner (or was taken back
+    /// from a daemon judged dead): refused, so that a runner that lost its lease changes nothing.
+    #[error(
+        "refused a late write ({op}) for {job}.{step}, interval starting {interval_start}: this \
+         runner's lease (fencing token {token}) was taken over by another runner, which runs the \
+         step now; this attempt's result is discarded"
+    )]
+    Fenced {
+        op: &'static str,
+        job: String,
+        step: String,
+        interval_start: DateTime<Utc>,
+        token: i64,
+    },
     /// Creating the SQLite file's folder failed.
     #[error("sqlite store: cannot create folder {path}: {source}")]
     Io {
@@ -351,8 +365,10 @@ pub struct DaemonRun {
 /// The answer to a claim on a step of an interval.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// The caller holds the lease now: it may run an attempt.
-    Acquired,
+    /// The caller holds the lease now: it may run an attempt. `token` is the lease's fencing
+    /// token (it grows with every change of holder); the attempt's writes name it, and the store
+    /// refuses them once another runner took the lease over.
+    Acquired { token: i64 },
     /// The step already succeeded for this interval (by another runner): its outputs.
     Done { outputs: serde_json::Value },
     /// Another runner holds an unexpired lease.
@@ -360,6 +376,13 @@ pub enum Claim {
         owner: String,
         expires_at: DateTime<Utc>,
     },
+}
+
+impl Claim {
+    /// Whether the caller holds the lease now.
+    pub fn is_acquired(&self) -> bool {
+        matches!(self, Claim::Acquired { .. })
+    }
 }
 
 /// A lease on a step of an interval: who runs it, until when (renewed while it runs).
@@ -511,6 +534,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0005_request_claims.sql",
         sql: include_str!("migrations/sqlite/0005_request_claims.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_fencing.sql",
+        sql: include_str!("migrations/sqlite/0006_fencing.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -539,6 +567,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "0005_request_claims.sql",
         sql: include_str!("migrations/postgres/0005_request_claims.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_fencing.sql",
+        sql: include_str!("migrations/postgres/0006_fencing.sql"),
     },
 ];
 
@@ -653,7 +686,33 @@ impl Store {
         attempt: u32,
         outputs: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.set_step_state(run_id, job, step, interval, state, attempt, outputs))
+        dispatch!(self.set_step_state(run_id, job, step, interval, state, attempt, outputs, None))
+    }
+
+    /// [`Store::set_step_state`] for the holder of the step's lease: refused with
+    /// [`StoreError::Fenced`] unless the lease still has the fencing token `token`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_step_state_fenced(
+        &self,
+        run_id: i64,
+        job: &str,
+        step: &str,
+        interval: Interval,
+        state: StepState,
+        attempt: u32,
+        outputs: Option<&serde_json::Value>,
+        token: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.set_step_state(
+            run_id,
+            job,
+            step,
+            interval,
+            state,
+            attempt,
+            outputs,
+            Some(token)
+        ))
     }
 
     /// Records the start of an attempt (state Running); returns its id.
@@ -666,7 +725,23 @@ impl Store {
         attempt: u32,
         log_path: &str,
     ) -> Result<i64, StoreError> {
-        dispatch!(self.begin_attempt(run_id, job, step, interval, attempt, log_path))
+        dispatch!(self.begin_attempt(run_id, job, step, interval, attempt, log_path, None))
+    }
+
+    /// [`Store::begin_attempt`] for the holder of the step's lease (see
+    /// [`Store::set_step_state_fenced`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin_attempt_fenced(
+        &self,
+        run_id: i64,
+        job: &str,
+        step: &str,
+        interval: Interval,
+        attempt: u32,
+        log_path: &str,
+        token: i64,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.begin_attempt(run_id, job, step, interval, attempt, log_path, Some(token)))
     }
 
     /// Records the end of an attempt: final state, ended_at, duration_ms, error, counts, outputs.
@@ -675,7 +750,18 @@ impl Store {
         attempt_id: i64,
         result: &AttemptResult,
     ) -> Result<(), StoreError> {
-        dispatch!(self.finish_attempt(attempt_id, result))
+        dispatch!(self.finish_attempt(attempt_id, result, None))
+    }
+
+    /// [`Store::finish_attempt`] for the holder of the step's lease (see
+    /// [`Store::set_step_state_fenced`]).
+    pub async fn finish_attempt_fenced(
+        &self,
+        attempt_id: i64,
+        result: &AttemptResult,
+        token: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.finish_attempt(attempt_id, result, Some(token)))
     }
 
     /// Records of steps of `job` whose interval start is in `[from, to)`, ordered by interval
@@ -802,6 +888,13 @@ impl Store {
         dispatch!(self.create_daemon_run(job, interval, trigger, request_id, priority))
     }
 
+    /// Takes a queued daemon run for execution (it becomes running, with a fresh heartbeat);
+    /// false when it is not queued any more (another daemon took it first). Two daemons that
+    /// both see a queued run never both execute it.
+    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self.take_queued_run(run_id))
+    }
+
     /// Daemon runs waiting to be executed (queued), oldest first.
     pub async fn queued_daemon_runs(&self) -> Result<Vec<DaemonRun>, StoreError> {
         dispatch!(self.queued_daemon_runs())
@@ -837,12 +930,14 @@ impl Store {
         dispatch!(self.claim_step(job, step, interval_start, owner, run_id, ttl, skip_done))
     }
 
-    /// Extends every lease of `owner` to now + `ttl`; returns how many.
+    /// Extends every unexpired lease of `owner` to now + `ttl`; returns the (job, step, interval
+    /// start) of each. An expired lease is not revived: another runner may be taking it over, so
+    /// its holder must stop (see [`crate::engine::leases::LeaseBook`]).
     pub async fn renew_leases(
         &self,
         owner: &str,
         ttl: std::time::Duration,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
         dispatch!(self.renew_leases(owner, ttl))
     }
 
@@ -1091,13 +1186,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            5
+            6
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 5, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 6, "x")
             .unwrap()
             .is_empty());
     }

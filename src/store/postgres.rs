@@ -533,38 +533,56 @@ impl PgStore {
         state: StepState,
         attempt: u32,
         outputs: Option<&serde_json::Value>,
+        fence: Option<i64>,
     ) -> Result<(), StoreError> {
         const OP: &str = "set_step_state";
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
-            c.execute(
-                OP,
-                "INSERT INTO step_intervals (job, step, interval_start, interval_end, state, \
+            // With a fence, the write happens only while the lease has that token; FOR SHARE
+            // waits for a claim changing hands in flight and then judges its outcome.
+            let n = c
+                .execute(
+                    OP,
+                    "INSERT INTO step_intervals (job, step, interval_start, interval_end, state, \
                  run_id, attempt, outputs, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8::jsonb, 'null'::jsonb), now()) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, coalesce($8::jsonb, 'null'::jsonb), now() \
+                 WHERE $9::bigint IS NULL OR EXISTS (SELECT 1 FROM step_leases \
+                     WHERE job = $1 AND interval_start = $3 AND step = $2 AND token = $9 \
+                     FOR SHARE) \
                  ON CONFLICT (job, interval_start, step) DO UPDATE SET \
                  interval_end = EXCLUDED.interval_end, state = EXCLUDED.state, \
                  run_id = EXCLUDED.run_id, attempt = EXCLUDED.attempt, \
                  outputs = CASE WHEN $8::jsonb IS NULL THEN step_intervals.outputs \
                                 ELSE EXCLUDED.outputs END, \
                  updated_at = EXCLUDED.updated_at",
-                &[
-                    &job,
-                    &step,
-                    &interval.start,
-                    &interval.end,
-                    &state.as_str(),
-                    &run_id,
-                    &i64::from(attempt),
-                    &outputs,
-                ],
-            )
-            .await?;
-            Ok(())
+                    &[
+                        &job,
+                        &step,
+                        &interval.start,
+                        &interval.end,
+                        &state.as_str(),
+                        &run_id,
+                        &i64::from(attempt),
+                        &outputs,
+                        &fence,
+                    ],
+                )
+                .await?;
+            match fence {
+                Some(token) if n == 0 => Err(StoreError::Fenced {
+                    op: OP,
+                    job: job.to_string(),
+                    step: step.to_string(),
+                    interval_start: interval.start,
+                    token,
+                }),
+                _ => Ok(()),
+            }
         })
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn begin_attempt(
         &self,
         run_id: i64,
@@ -573,6 +591,7 @@ impl PgStore {
         interval: Interval,
         attempt: u32,
         log_path: &str,
+        fence: Option<i64>,
     ) -> Result<i64, StoreError> {
         const OP: &str = "begin_attempt";
         let log_path = (!log_path.is_empty()).then_some(log_path);
@@ -583,7 +602,11 @@ impl PgStore {
                     OP,
                     "INSERT INTO step_attempts (run_id, job, step, interval_start, interval_end, \
                      attempt, state, started_at, log_path) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'running', now(), $7) RETURNING id",
+                     SELECT $1, $2, $3, $4, $5, $6, 'running', now(), $7 \
+                     WHERE $8::bigint IS NULL OR EXISTS (SELECT 1 FROM step_leases \
+                         WHERE job = $2 AND interval_start = $4 AND step = $3 AND token = $8 \
+                         FOR SHARE) \
+                     RETURNING id",
                     &[
                         &run_id,
                         &job,
@@ -592,9 +615,19 @@ impl PgStore {
                         &interval.end,
                         &i64::from(attempt),
                         &log_path,
+                        &fence,
                     ],
                 )
                 .await?;
+            if let (Some(token), true) = (fence, rows.is_empty()) {
+                return Err(StoreError::Fenced {
+                    op: OP,
+                    job: job.to_string(),
+                    step: step.to_string(),
+                    interval_start: interval.start,
+                    token,
+                });
+            }
             first(&rows, OP)?.try_get(0).map_err(err(OP))
         })
         .await
@@ -604,6 +637,7 @@ impl PgStore {
         &self,
         attempt_id: i64,
         result: &AttemptResult,
+        fence: Option<i64>,
     ) -> Result<(), StoreError> {
         const OP: &str = "finish_attempt";
         with_timeout(OP, async {
@@ -611,10 +645,13 @@ impl PgStore {
             let n = c
                 .execute(
                     OP,
-                    "UPDATE step_attempts SET state = $2, ended_at = now(), \
+                    "UPDATE step_attempts a SET state = $2, ended_at = now(), \
                      duration_ms = greatest(0, floor(extract(epoch FROM now() - started_at) \
                                                      * 1000))::bigint, \
-                     error = $3, rows_affected = $4, bytes = $5, outputs = $6 WHERE id = $1",
+                     error = $3, rows_affected = $4, bytes = $5, outputs = $6 WHERE id = $1 \
+                     AND ($7::bigint IS NULL OR EXISTS (SELECT 1 FROM step_leases l \
+                         WHERE l.job = a.job AND l.interval_start = a.interval_start \
+                         AND l.step = a.step AND l.token = $7 FOR SHARE))",
                     &[
                         &attempt_id,
                         &result.final_state().as_str(),
@@ -622,9 +659,28 @@ impl PgStore {
                         &result.rows_affected,
                         &result.bytes,
                         &result.outputs,
+                        &fence,
                     ],
                 )
                 .await?;
+            if let (Some(token), 0) = (fence, n) {
+                let rows = c
+                    .query(
+                        OP,
+                        "SELECT job, step, interval_start FROM step_attempts WHERE id = $1",
+                        &[&attempt_id],
+                    )
+                    .await?;
+                if let Some(r) = rows.first() {
+                    return Err(StoreError::Fenced {
+                        op: OP,
+                        job: get(r, 0, OP)?,
+                        step: get(r, 1, OP)?,
+                        interval_start: get(r, 2, OP)?,
+                        token,
+                    });
+                }
+            }
             if n == 0 {
                 return Err(StoreError::NotFound {
                     what: "attempt",

@@ -249,6 +249,50 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Whether the lease on (job, step, interval) still has the fencing token `token`.
+fn lease_has_token(
+    conn: &rusqlite::Connection,
+    job: &str,
+    step: &str,
+    interval_start: &str,
+    token: i64,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT 1 FROM step_leases WHERE job = ?1 AND interval_start = ?2 AND step = ?3 \
+         AND token = ?4",
+    )
+    .map_err(err(op))?
+    .query_row(params![job, interval_start, step, token], |_| Ok(()))
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(err(op))
+}
+
+/// [`StoreError::Fenced`] unless `fence` is None or the lease on (job, step, interval) still has
+/// that token.
+fn check_fence(
+    conn: &rusqlite::Connection,
+    job: &str,
+    step: &str,
+    interval_start: DateTime<Utc>,
+    fence: Option<i64>,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    match fence {
+        Some(token) if !lease_has_token(conn, job, step, &ts(interval_start), token, op)? => {
+            Err(StoreError::Fenced {
+                op,
+                job: job.to_string(),
+                step: step.to_string(),
+                interval_start,
+                token,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating it and its folder if missing) the database file at `path` and migrates.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -365,12 +409,17 @@ impl SqliteStore {
         state: StepState,
         attempt: u32,
         outputs: Option<&serde_json::Value>,
+        fence: Option<i64>,
     ) -> Result<(), StoreError> {
         const OP: &str = "set_step_state";
         let (job, step) = (job.to_string(), step.to_string());
         let outputs = outputs.map(to_json);
         self.call(OP, move |conn| {
-            let mut stmt = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(OP))?;
+            check_fence(&tx, &job, &step, interval.start, fence, OP)?;
+            let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO step_intervals (job, step, interval_start, interval_end, state, \
                      run_id, attempt, outputs, updated_at) \
@@ -395,11 +444,13 @@ impl SqliteStore {
                 ts(now())
             ])
             .map_err(err(OP))?;
-            Ok(())
+            drop(stmt);
+            tx.commit().map_err(err(OP))
         })
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn begin_attempt(
         &self,
         run_id: i64,
@@ -408,29 +459,38 @@ impl SqliteStore {
         interval: Interval,
         attempt: u32,
         log_path: &str,
+        fence: Option<i64>,
     ) -> Result<i64, StoreError> {
         const OP: &str = "begin_attempt";
         let (job, step) = (job.to_string(), step.to_string());
         let log_path = (!log_path.is_empty()).then(|| log_path.to_string());
         self.call(OP, move |conn| {
-            let mut stmt = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(OP))?;
+            check_fence(&tx, &job, &step, interval.start, fence, OP)?;
+            let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO step_attempts (run_id, job, step, interval_start, interval_end, \
                      attempt, state, started_at, log_path) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8)",
                 )
                 .map_err(err(OP))?;
-            stmt.insert(params![
-                run_id,
-                job,
-                step,
-                ts(interval.start),
-                ts(interval.end),
-                i64::from(attempt),
-                ts(now()),
-                log_path
-            ])
-            .map_err(err(OP))
+            let id = stmt
+                .insert(params![
+                    run_id,
+                    job,
+                    step,
+                    ts(interval.start),
+                    ts(interval.end),
+                    i64::from(attempt),
+                    ts(now()),
+                    log_path
+                ])
+                .map_err(err(OP))?;
+            drop(stmt);
+            tx.commit().map_err(err(OP))?;
+            Ok(id)
         })
         .await
     }
@@ -439,6 +499,7 @@ impl SqliteStore {
         &self,
         attempt_id: i64,
         result: &AttemptResult,
+        fence: Option<i64>,
     ) -> Result<(), StoreError> {
         const OP: &str = "finish_attempt";
         let state = result.final_state();
@@ -446,22 +507,41 @@ impl SqliteStore {
         let (rows, bytes) = (result.rows_affected, result.bytes);
         let outputs = to_json(&result.outputs);
         self.call(OP, move |conn| {
-            let started: Option<String> = conn
-                .prepare_cached("SELECT started_at FROM step_attempts WHERE id = ?1")
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(OP))?;
+            let found: Option<(String, String, String, String)> = tx
+                .prepare_cached(
+                    "SELECT started_at, job, step, interval_start FROM step_attempts \
+                     WHERE id = ?1",
+                )
                 .map_err(err(OP))?
-                .query_row([attempt_id], |row| row.get(0))
+                .query_row([attempt_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
                 .optional()
                 .map_err(err(OP))?;
-            let Some(started) = started else {
+            let Some((started, job, step, start)) = found else {
                 return Err(StoreError::NotFound {
                     what: "attempt",
                     id: attempt_id,
                 });
             };
+            if let Some(token) = fence {
+                if !lease_has_token(&tx, &job, &step, &start, token, OP)? {
+                    return Err(StoreError::Fenced {
+                        op: OP,
+                        job,
+                        step,
+                        interval_start: parse_ts(&start)?,
+                        token,
+                    });
+                }
+            }
             let started = parse_ts(&started)?;
             let ended = now();
             let duration_ms = (ended - started).num_milliseconds().max(0);
-            conn.prepare_cached(
+            tx.prepare_cached(
                 "UPDATE step_attempts SET state = ?2, ended_at = ?3, duration_ms = ?4, \
                  error = ?5, rows_affected = ?6, bytes = ?7, outputs = ?8 WHERE id = ?1",
             )
@@ -477,7 +557,7 @@ impl SqliteStore {
                 outputs
             ])
             .map_err(err(OP))?;
-            Ok(())
+            tx.commit().map_err(err(OP))
         })
         .await
     }

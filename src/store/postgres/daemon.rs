@@ -216,6 +216,23 @@ impl PgStore {
         .await
     }
 
+    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
+        const OP: &str = "take_queued_run";
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            let n = c
+                .execute(
+                    OP,
+                    "UPDATE runs SET state = 'running', started_at = now(), heartbeat_at = now(), \
+                     ended_at = NULL WHERE id = $1 AND state = 'queued'",
+                    &[&run_id],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     pub async fn queued_daemon_runs(&self) -> Result<Vec<DaemonRun>, StoreError> {
         const OP: &str = "queued_daemon_runs";
         with_timeout(OP, async {
@@ -316,9 +333,10 @@ impl PgStore {
                              AND step = $2 AND state = 'success' \
                          ), claimed AS ( \
                              INSERT INTO step_leases (job, step, interval_start, owner, run_id, \
-                             acquired_at, expires_at) \
+                             acquired_at, expires_at, token) \
                              SELECT $1, $2, $3, $4, $5, now(), \
-                                    now() + $6::bigint * interval '1 microsecond' \
+                                    now() + $6::bigint * interval '1 microsecond', \
+                                    nextval('lease_tokens') \
                              WHERE NOT EXISTS (SELECT 1 FROM done) \
                              ON CONFLICT (job, interval_start, step) DO UPDATE SET \
                              owner = EXCLUDED.owner, run_id = EXCLUDED.run_id, \
@@ -326,10 +344,13 @@ impl PgStore {
                                                  AND step_leases.expires_at > now() \
                                                 THEN step_leases.acquired_at \
                                                 ELSE EXCLUDED.acquired_at END, \
+                             token = CASE WHEN step_leases.owner = EXCLUDED.owner \
+                                           AND step_leases.expires_at > now() \
+                                          THEN step_leases.token ELSE EXCLUDED.token END, \
                              expires_at = EXCLUDED.expires_at \
                              WHERE step_leases.owner = EXCLUDED.owner \
                              OR step_leases.expires_at <= now() \
-                             RETURNING acquired_at = now() AS fresh \
+                             RETURNING acquired_at = now() AS fresh, token \
                          ), interrupted AS ( \
                              UPDATE step_attempts SET state = 'failed', ended_at = now(), \
                              duration_ms = greatest(0, floor(extract(epoch FROM now() - started_at) \
@@ -340,7 +361,7 @@ impl PgStore {
                              RETURNING 1 \
                          ) \
                          SELECT EXISTS (SELECT 1 FROM done), (SELECT outputs FROM done), \
-                                EXISTS (SELECT 1 FROM claimed)",
+                                (SELECT token FROM claimed)",
                         &[
                             &job,
                             &step,
@@ -359,8 +380,8 @@ impl PgStore {
                         outputs: get(row, 1, OP)?,
                     });
                 }
-                if get::<bool>(row, 2, OP)? {
-                    return Ok(Claim::Acquired);
+                if let Some(token) = get::<Option<i64>>(row, 2, OP)? {
+                    return Ok(Claim::Acquired { token });
                 }
                 let rows = c
                     .query(
@@ -383,18 +404,26 @@ impl PgStore {
         .await
     }
 
-    pub async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<u64, StoreError> {
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
         const OP: &str = "renew_leases";
         let ttl = micros(ttl);
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
-            c.execute(
-                OP,
-                "UPDATE step_leases SET expires_at = now() + $2::bigint * interval '1 microsecond' \
-                 WHERE owner = $1",
-                &[&owner, &ttl],
-            )
-            .await
+            let rows = c
+                .query(
+                    OP,
+                    "UPDATE step_leases SET expires_at = now() + $2::bigint * interval '1 microsecond' \
+                     WHERE owner = $1 AND expires_at > now() RETURNING job, step, interval_start",
+                    &[&owner, &ttl],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((get(r, 0, OP)?, get(r, 1, OP)?, get(r, 2, OP)?)))
+                .collect()
         })
         .await
     }

@@ -219,6 +219,23 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
+        const OP: &str = "take_queued_run";
+        self.call(OP, move |conn| {
+            let now = ts(now());
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET state = 'running', started_at = ?2, heartbeat_at = ?2, \
+                     ended_at = NULL WHERE id = ?1 AND state = 'queued'",
+                )
+                .map_err(err(OP))?
+                .execute(params![run_id, now])
+                .map_err(err(OP))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     pub async fn queued_daemon_runs(&self) -> Result<Vec<DaemonRun>, StoreError> {
         const OP: &str = "queued_daemon_runs";
         self.call(OP, move |conn| {
@@ -361,14 +378,29 @@ impl SqliteStore {
                 }
             }
             let now_s = ts(now);
+            // A renewal keeps its fencing token; a new holder gets the next one.
+            let token: i64 = if renewal {
+                tx.prepare_cached(
+                    "SELECT token FROM step_leases \
+                     WHERE job = ?1 AND interval_start = ?2 AND step = ?3",
+                )
+                .map_err(err(OP))?
+                .query_row(params![job, start, step], |r| r.get(0))
+                .map_err(err(OP))?
+            } else {
+                tx.prepare_cached("UPDATE lease_tokens SET n = n + 1 RETURNING n")
+                    .map_err(err(OP))?
+                    .query_row([], |r| r.get(0))
+                    .map_err(err(OP))?
+            };
             tx.prepare_cached(
                 "INSERT INTO step_leases (job, step, interval_start, owner, run_id, acquired_at, \
-                 expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 expires_at, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9) \
                  ON CONFLICT (job, interval_start, step) DO UPDATE SET owner = excluded.owner, \
                  run_id = excluded.run_id, \
                  acquired_at = CASE WHEN ?8 THEN step_leases.acquired_at \
                                     ELSE excluded.acquired_at END, \
-                 expires_at = excluded.expires_at",
+                 expires_at = excluded.expires_at, token = excluded.token",
             )
             .map_err(err(OP))?
             .execute(params![
@@ -379,7 +411,8 @@ impl SqliteStore {
                 run_id,
                 now_s,
                 until(ttl),
-                renewal
+                renewal,
+                token
             ])
             .map_err(err(OP))?;
             if !renewal {
@@ -396,21 +429,38 @@ impl SqliteStore {
                 .map_err(err(OP))?;
             }
             tx.commit().map_err(err(OP))?;
-            Ok(Claim::Acquired)
+            Ok(Claim::Acquired { token })
         })
         .await
     }
 
-    pub async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<u64, StoreError> {
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
         const OP: &str = "renew_leases";
         let owner = owner.to_string();
         self.call(OP, move |conn| {
-            let n = conn
-                .prepare_cached("UPDATE step_leases SET expires_at = ?2 WHERE owner = ?1")
-                .map_err(err(OP))?
-                .execute(params![owner, until(ttl)])
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE step_leases SET expires_at = ?2 WHERE owner = ?1 AND expires_at > ?3 \
+                     RETURNING job, step, interval_start",
+                )
                 .map_err(err(OP))?;
-            Ok(n as u64)
+            let mut rows = stmt
+                .query(params![owner, until(ttl), ts(now())])
+                .map_err(err(OP))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(err(OP))? {
+                let start: String = r.get(2).map_err(err(OP))?;
+                out.push((
+                    r.get(0).map_err(err(OP))?,
+                    r.get(1).map_err(err(OP))?,
+                    parse_ts(&start)?,
+                ));
+            }
+            Ok(out)
         })
         .await
     }
