@@ -885,12 +885,12 @@ impl Daemon {
                 continue;
             };
             let job = a.run.job.clone();
-            if a.run.is_lost() {
-                // Another daemon took it over: it records the run's end, not this one.
-                let _ = a.run.finish(&a.engine, false).await;
+            let lost = a.run.is_lost();
+            let report = a.run.finish(&a.engine, false).await?;
+            if lost {
+                // Another daemon took it over: it records the run's end and its request's.
                 continue;
             }
-            let report = a.run.finish(&a.engine, false).await?;
             tracing::info!(
                 job,
                 run_id = id,

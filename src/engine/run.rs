@@ -500,9 +500,9 @@ impl ActiveRun {
             Slot::Pending | Slot::Running => false,
         });
         let unfinished = !self.is_complete();
-        let state = if all_ok {
+        let state = if all_ok && !self.lost {
             RunState::Success
-        } else if requeue && unfinished {
+        } else if requeue && unfinished && !self.lost {
             RunState::Queued
         } else {
             RunState::Failed
@@ -516,19 +516,12 @@ impl ActiveRun {
                 run_id = self.run_id,
                 "gave the run up: another runner took its step leases over"
             );
-            return Ok(RunReport {
-                run_id: self.run_id,
-                job: std::mem::take(&mut self.job),
-                interval: self.interval,
-                state: RunState::Failed,
-                steps: std::mem::take(&mut self.reports).into_values().collect(),
-                duration: self.started.elapsed(),
-            });
+        } else {
+            engine.store.set_run_state(self.run_id, state).await?;
+            engine
+                .alert_run_ended(&self.job, self.interval, self.run_id, state)
+                .await;
         }
-        engine.store.set_run_state(self.run_id, state).await?;
-        engine
-            .alert_run_ended(&self.job, self.interval, self.run_id, state)
-            .await;
         Ok(RunReport {
             run_id: self.run_id,
             job: std::mem::take(&mut self.job),
