@@ -17,6 +17,8 @@
 #   9. daemon       cranium daemon runs the reference project: the day's jobs paused, a demo job on a
 #                   5-second schedule added by hot reload, status and /health, a refused reload, a
 #                   clean stop with SIGTERM
+#  10. fleet        two daemons on one PostgreSQL store (a throwaway schema): one leads, both run steps;
+#                   the leader is SIGKILLed and the other leads within a second; runs show their daemon
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
 # password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
@@ -312,5 +314,83 @@ rm -f "$tick_job"
 for j in events_hourly events_daily product_daily verify_daily; do
   "$bin" unpause "$j" >/dev/null
 done
+
+section "10. fleet: two daemons on one PostgreSQL store"
+# A small project of its own beside the reference one: the same files would do on two machines.
+fleet_dir=$(mktemp -d)
+fleet_schema="demo_fleet"
+fleet_pids=()
+stop_fleet() {
+  for p in "${fleet_pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$fleet_dir"
+}
+trap 'stop_daemon; stop_fleet' EXIT
+psql_ -c "DROP SCHEMA IF EXISTS $fleet_schema CASCADE" >/dev/null
+psql_ -c "CREATE TABLE IF NOT EXISTS analytics.demo_fleet (interval_start timestamptz, step text)"
+psql_ -c "TRUNCATE analytics.demo_fleet"
+mkdir -p "$fleet_dir/jobs"
+cat >"$fleet_dir/cranium.yaml" <<YAML
+name: fleet
+state: $WAREHOUSE_URL?schema=$fleet_schema
+connections:
+  warehouse:
+    kind: postgres
+    url: $WAREHOUSE_URL
+daemon:
+  listen: off
+  lease_ttl: 6s
+YAML
+cat >"$fleet_dir/jobs/fleet_tick.yaml" <<'YAML'
+job: fleet_tick
+schedule: "*/2 * * * * *"
+start: 2026-01-01
+max_active_runs: 4
+steps:
+  - id: a
+    kind: sql
+    connection: warehouse
+    # Idempotent per interval, as every step should be (README: several daemons).
+    query: |
+      SELECT pg_sleep(0.3);
+      DELETE FROM analytics.demo_fleet WHERE interval_start = {{ interval_start | sql_literal }} AND step = 'a';
+      INSERT INTO analytics.demo_fleet VALUES ({{ interval_start | sql_literal }}, 'a')
+  - id: b
+    kind: sql
+    connection: warehouse
+    after: [a]
+    # Idempotent per interval, as every step should be (README: several daemons).
+    query: |
+      SELECT pg_sleep(0.3);
+      DELETE FROM analytics.demo_fleet WHERE interval_start = {{ interval_start | sql_literal }} AND step = 'b';
+      INSERT INTO analytics.demo_fleet VALUES ({{ interval_start | sql_literal }}, 'b')
+YAML
+"$bin" --project "$fleet_dir" runs >/dev/null  # creates the store's schema once
+for id in east west; do
+  echo "\$ cranium daemon --id $id &"
+  "$bin" --project "$fleet_dir" daemon --id "$id" >"$fleet_dir/$id.log" 2>&1 &
+  fleet_pids+=($!)
+  sleep 0.5
+done
+sleep 8
+echo
+echo "\$ cranium status   (both daemons, their roles and running steps)"
+"$bin" --project "$fleet_dir" status | grep -E "^daemon|running" || die "status shows no daemon"
+leader=east; leader_pid=${fleet_pids[0]}
+grep -q "became the leader" "$fleet_dir/west.log" && { leader=west; leader_pid=${fleet_pids[1]}; }
+other=$([[ $leader == east ]] && echo west || echo east)
+echo
+echo "\$ kill -KILL <$leader's pid>   (the leader dies without a word)"
+kill -KILL "$leader_pid"
+sleep 8
+grep -m1 "became the leader" "$fleet_dir/$other.log" | sed 's/^[^ ]* *//'
+grep -m1 "took over a queued run" "$fleet_dir/$other.log" | sed 's/^[^ ]* *//' || true
+echo
+echo "\$ cranium runs fleet_tick --limit 6"
+"$bin" --project "$fleet_dir" runs fleet_tick --limit 6
+for p in "${fleet_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${fleet_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+fleet_pids=()
+psql_ -At -c "SELECT 'fleet_tick: ' || count(DISTINCT interval_start) || ' intervals, each step once: ' || (count(*) = count(DISTINCT (interval_start, step)))::text FROM analytics.demo_fleet"
+psql_ -c "DROP SCHEMA IF EXISTS $fleet_schema CASCADE" >/dev/null
 
 echo "demo: done in $(( $(date +%s) - started ))s after the build"

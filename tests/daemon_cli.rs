@@ -431,10 +431,15 @@ steps:
     let up = wait_for(Duration::from_secs(10), || async {
         let out = cranium(p.path(), &["status"]).await;
         let s = stdout(&out);
-        (out.status.success() && s.contains("daemon: up")).then_some(s)
+        (out.status.success() && s.contains(": up, leader,")).then_some(s)
     })
     .await
-    .unwrap_or_else(|| panic!("`cranium status` never said `daemon: up`:\n{}", d.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "`cranium status` never said `daemon ID: up, leader`:\n{}",
+            d.log()
+        )
+    });
     assert!(up.contains(&format!("pid {}", d.pid)), "{up}");
     assert!(up.contains("secs"), "{up}");
 
@@ -468,13 +473,31 @@ steps:
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+    // Every series names its daemon (`daemon="ID"`, first); the lookups below leave it out.
+    let without_daemon = |l: &str| -> String {
+        let Some(at) = l.find("daemon=\"") else {
+            return l.to_string();
+        };
+        let end = l[at + 8..]
+            .find('"')
+            .map(|e| at + 8 + e + 1)
+            .unwrap_or(l.len());
+        let rest = l[end..].strip_prefix(',').unwrap_or(&l[end..]);
+        format!("{}{rest}", &l[..at]).replace("{}", "")
+    };
     let value = |series: &str| -> Option<f64> {
         metrics
             .lines()
+            .map(without_daemon)
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
             .and_then(|v| v.parse().ok())
     };
+    assert!(
+        metrics.contains("cranium_build_info{daemon=\""),
+        "every series names its daemon:\n{metrics}"
+    );
+    assert_eq!(value("cranium_daemon_leader"), Some(1.0), "{metrics}");
     let succeeded = value("cranium_runs_total{job=\"secs\",state=\"success\"}")
         .unwrap_or_else(|| panic!("no run counter:\n{metrics}"));
     assert!(succeeded >= 3.0, "{succeeded} runs by mid-run:\n{metrics}");
@@ -493,8 +516,12 @@ steps:
         Some(16.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("cranium_build_info{version=\""),
+    assert_eq!(
+        value(&format!(
+            "cranium_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        Some(1.0),
         "{metrics}"
     );
     tokio::time::sleep(run_for.saturating_sub(began.elapsed())).await;

@@ -1,6 +1,7 @@
 //! Several `cranium daemon` processes on one PostgreSQL metadata store, with real faults: one
-//! frozen with SIGSTOP past its leases' time to live and resumed, one SIGKILLed in the middle of
-//! its steps. Every step's effect is a row in a PostgreSQL table, so "exactly once" is counted
+//! SIGKILLed in the middle of its steps, the leader's lock session ended on the server, the
+//! leader SIGTERMed and started again, and one frozen with SIGSTOP past its leases' time to live
+//! and resumed. Every step's effect is a row in a PostgreSQL table, so "exactly once" is counted
 //! where it matters, not only in the store.
 //!
 //! The faults are aimed at the moment a daemon's steps are inside their transaction (each step
@@ -19,8 +20,15 @@ use chrono::{DurationRound, SecondsFormat, TimeDelta, Utc};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const BIN: &str = env!("CARGO_BIN_EXE_cranium");
-const INTERVALS: i64 = 60;
-const STEPS: [&str; 3] = ["s1", "s2", "s3"];
+const INTERVALS: i64 = 200;
+/// s1, then s2, s3 and s4 side by side, then s5.
+const STEPS: [(&str, &str); 5] = [
+    ("s1", ""),
+    ("s2", "s1"),
+    ("s3", "s1"),
+    ("s4", "s1"),
+    ("s5", "s2, s3, s4"),
+];
 
 async fn pg() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
@@ -48,7 +56,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, id: &str) -> Daemon {
-        let log = root.join(format!("{id}.log"));
+        Daemon::start_logging(root, id, id)
+    }
+
+    fn start_logging(root: &Path, id: &str, log_name: &str) -> Daemon {
+        let log = root.join(format!("{log_name}.log"));
         let file = File::create(&log).expect("log file");
         let child = Command::new(BIN)
             .args(["daemon", "--id", id])
@@ -99,6 +111,43 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemon holding the schema's leader lock now (from its session's `application_name`).
+async fn leader(db: &tokio_postgres::Client, schema: &str) -> Option<(String, i32)> {
+    let row = db
+        .query_opt(
+            "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1668443757::oid \
+             AND l.objid = hashtext('cranium.leader:' || $1)::oid AND l.objsubid = 2",
+            &[&schema],
+        )
+        .await
+        .ok()??;
+    let name: String = row.get(0);
+    Some((
+        name.strip_prefix("cranium leader ")?.to_string(),
+        row.get(1),
+    ))
+}
+
+/// Waits for a leader other than `not` (within `within`), and says how long it took.
+async fn new_leader(
+    db: &tokio_postgres::Client,
+    schema: &str,
+    not: Option<&str>,
+    within: Duration,
+) -> (String, Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if let Some((id, _)) = leader(db, schema).await {
+            if Some(id.as_str()) != not {
+                return (id, t0.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no new leader (other than {not:?}) within {within:?}");
+}
+
 /// Waits until every lease `owner` holds is younger than 200 ms (and it holds one): its steps
 /// are then all inside their 0.4 s server-side sleep, before their COMMIT.
 async fn wait_mid_step(db: &tokio_postgres::Client, schema: &str, owner: &str) {
@@ -121,7 +170,7 @@ async fn wait_mid_step(db: &tokio_postgres::Client, schema: &str, owner: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
+async fn three_daemons_survive_kill_term_freeze_and_a_lost_leader_and_run_every_step_once() {
     let tag = format!("{}_{}", std::process::id(), rand::random::<u32>());
     let (schema, table) = (format!("fleet_{tag}"), format!("fleet_effects_{tag}"));
     let db = pg().await;
@@ -137,7 +186,7 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
         root.join("cranium.yaml"),
         format!(
             "name: fleet\nstate: {PG}?schema={schema}\nconnections:\n  warehouse:\n    kind: postgres\n    url: {PG}\n\
-             daemon:\n  listen: off\n  max_running_steps: 4\n  lease_ttl: 3s\n  shutdown_grace: 10s\n"
+             daemon:\n  listen: off\n  max_running_steps: 6\n  lease_ttl: 3s\n  shutdown_grace: 10s\n"
         ),
     )
     .expect("cranium.yaml");
@@ -147,15 +196,15 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
         .expect("minute");
     let start = end - TimeDelta::minutes(INTERVALS);
     let mut job = format!(
-        "job: chaos\nschedule: \"* * * * *\"\ncatchup: true\nmax_active_runs: 4\nstart: \"{}\"\nend: \"{}\"\nsteps:\n",
+        "job: chaos\nschedule: \"* * * * *\"\ncatchup: true\nmax_active_runs: 12\nstart: \"{}\"\nend: \"{}\"\nsteps:\n",
         start.to_rfc3339_opts(SecondsFormat::Secs, true),
         end.to_rfc3339_opts(SecondsFormat::Secs, true),
     );
-    for (i, s) in STEPS.iter().enumerate() {
-        let after = if i == 0 {
+    for (s, after) in STEPS {
+        let after = if after.is_empty() {
             String::new()
         } else {
-            format!("    after: [{}]\n", STEPS[i - 1])
+            format!("    after: [{after}]\n")
         };
         job.push_str(&format!(
             "  - id: {s}\n    kind: sql\n    connection: warehouse\n{after}    query: |\n      SELECT pg_sleep(0.4);\n      INSERT INTO {table} (interval_start, step) VALUES ({{{{ interval_start | sql_literal }}}}, '{s}');\n"
@@ -164,23 +213,93 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
     std::fs::create_dir_all(root.join("jobs")).expect("jobs/");
     std::fs::write(root.join("jobs/chaos.yaml"), job).expect("job file");
 
-    let mut d1 = Daemon::start(root, "d1");
-    let mut d2 = Daemon::start(root, "d2");
-    let d3 = Daemon::start(root, "d3");
+    // Ids unique to this test: the leader's session is found by its name on the server.
+    let ids: Vec<String> = (1..=3).map(|n| format!("d{n}-{tag}")).collect();
+    let mut daemons: Vec<Daemon> = ids.iter().map(|id| Daemon::start(root, id)).collect();
+    let mut logs: Vec<PathBuf> = Vec::new();
 
-    // Kill d3 in the middle of its steps.
-    wait_mid_step(&db, &schema, "daemon:d3").await;
-    d3.signal("KILL");
+    // `cranium status` shows every live daemon with its role: one leader.
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(BIN)
+            .arg("status")
+            .current_dir(root)
+            .output()
+            .expect("cranium status");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let up: Vec<&str> = text.lines().filter(|l| l.contains(": up, ")).collect();
+        let leaders = up.iter().filter(|l| l.contains(": up, leader,")).count();
+        if up.len() == 3
+            && leaders == 1
+            && ids
+                .iter()
+                .all(|id| text.contains(&format!("daemon {id}: up")))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "`cranium status` does not show 3 daemons, one leader:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
-    // Freeze d2 in the middle of its steps, past the 3 s lease and the 6 s run heartbeat.
-    wait_mid_step(&db, &schema, "daemon:d2").await;
-    d2.signal("STOP");
+    // 1. SIGKILL d3 in the middle of its steps.
+    wait_mid_step(&db, &schema, &format!("daemon:{}", ids[2])).await;
+    daemons[2].signal("KILL");
+    daemons[2].wait_exit(Duration::from_secs(10)).await;
+
+    // 2. End the leader's lock session on the server: another daemon (or the same one, on a new
+    //    session) leads within 10 s.
+    let (first, _) = new_leader(&db, &schema, Some(&ids[2]), Duration::from_secs(20)).await;
+    let (_, pid) = leader(&db, &schema).await.expect("a leader");
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("pg_terminate_backend");
+    let t0 = Instant::now();
+    loop {
+        if let Some((_, p)) = leader(&db, &schema).await {
+            if p != pid {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no leader within 10 s of ending {first}'s lock session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "leader session of {first} ended: a leader again after {:?}",
+        t0.elapsed()
+    );
+
+    // 3. SIGTERM the leader (it releases the lock: another leads within about a second), then
+    //    start it again.
+    let (lead, _) = new_leader(&db, &schema, None, Duration::from_secs(10)).await;
+    let li = ids.iter().position(|i| *i == lead).expect("a known leader");
+    daemons[li].signal("TERM");
+    let (next, took) = new_leader(&db, &schema, Some(&lead), Duration::from_secs(10)).await;
+    eprintln!("{lead} SIGTERMed: {next} leads after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "after a SIGTERM the next leader took {took:?}"
+    );
+    daemons[li].wait_exit(Duration::from_secs(30)).await;
+    logs.push(daemons[li].log.clone());
+    daemons[li] = Daemon::start_logging(root, &lead, &format!("{lead}-again"));
+
+    // 4. Freeze the other survivor (the leader now) in the middle of its steps, past its 3 s
+    //    leases and the 6 s run heartbeat; the restarted daemon deposes it and carries on.
+    let fi = 1 - li;
+    wait_mid_step(&db, &schema, &format!("daemon:{}", ids[fi])).await;
+    daemons[fi].signal("STOP");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    d2.signal("CONT");
+    daemons[fi].signal("CONT");
 
     // Every step of every interval succeeds.
     let expected = INTERVALS * STEPS.len() as i64;
-    let deadline = Instant::now() + Duration::from_secs(150);
+    let deadline = Instant::now() + Duration::from_secs(240);
     let done_sql = format!(
         "SELECT count(*) FROM {schema}.step_intervals WHERE job = 'chaos' AND state = 'success'"
     );
@@ -191,16 +310,21 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "{done}/{expected} steps succeeded in time\n--- d1 ---\n{}\n--- d2 ---\n{}",
-            d1.log(),
-            d2.log()
+            "{done}/{expected} steps succeeded in time\n--- {} ---\n{}\n--- {} ---\n{}",
+            ids[li],
+            daemons[li].log(),
+            ids[fi],
+            daemons[fi].log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    d1.signal("TERM");
-    d2.signal("TERM");
-    d1.wait_exit(Duration::from_secs(30)).await;
-    d2.wait_exit(Duration::from_secs(30)).await;
+    for d in &daemons[..2] {
+        d.signal("TERM");
+    }
+    for d in &mut daemons[..2] {
+        d.wait_exit(Duration::from_secs(30)).await;
+    }
+    logs.extend(daemons.iter().map(|d| d.log.clone()));
 
     // Counted in the warehouse: each step of each interval applied exactly once.
     let rows = db
@@ -225,11 +349,10 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
         })
         .collect();
     if !twice.is_empty() {
-        for d in [&d1, &d2, &d3] {
-            let _ = std::fs::copy(
-                &d.log,
-                std::env::temp_dir().join(format!("fleet-{}.log", d.id)),
-            );
+        for l in &logs {
+            if let Some(name) = l.file_name() {
+                let _ = std::fs::copy(l, std::env::temp_dir().join(name));
+            }
         }
     }
     assert!(twice.is_empty(), "applied more than once: {twice:?}");
@@ -255,27 +378,74 @@ async fn three_daemons_survive_a_freeze_and_a_kill_and_run_every_step_once() {
         .get(0);
     assert_eq!(open, 0, "runs left open");
 
-    // Each daemon ran a share; the frozen one's late writes were refused and it said so.
-    let (l1, l2, l3) = (d1.log(), d2.log(), d3.log());
-    for (id, log) in [("d1", &l1), ("d2", &l2)] {
-        assert!(log.contains("step succeeded"), "{id} ran no step:\n{log}");
+    // The run history names the daemon that executed each run.
+    let runs = Command::new(BIN)
+        .args(["runs", "chaos", "--limit", "0", "--format", "json"])
+        .current_dir(root)
+        .output()
+        .expect("cranium runs");
+    let runs: serde_json::Value =
+        serde_json::from_slice(&runs.stdout).expect("cranium runs --format json");
+    let by: std::collections::BTreeSet<String> = runs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["daemon"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        ids[..2].iter().all(|id| by.contains(id)),
+        "runs by daemon: {by:?}"
+    );
+
+    // Each daemon ran a share; the frozen one's late writes were refused and it said so; the
+    // one that was deposed while frozen noticed when it woke.
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let all: Vec<(String, String)> = logs
+        .iter()
+        .map(|p| (p.display().to_string(), read(p)))
+        .collect();
+    for id in &ids[..2] {
+        assert!(
+            all.iter()
+                .any(|(p, l)| p.contains(id.as_str()) && l.contains("step succeeded")),
+            "{id} ran no step"
+        );
     }
-    // d3 was killed in the middle of its steps: what it started, the others finished.
+    let l3 = daemons[2].log();
     assert!(l3.contains("step started"), "d3 started no step:\n{l3}");
-    for line in l2
+    let frozen = daemons[fi].log();
+    for line in frozen
         .lines()
         .filter(|l| l.contains("refused a late write") || l.contains("not committed"))
     {
-        eprintln!("d2: {line}");
+        eprintln!("{}: {line}", ids[fi]);
     }
     assert!(
-        l2.contains("refused a late write") || l2.contains("not committed"),
-        "the frozen daemon's late writes were not refused:\n{l2}"
+        frozen.contains("refused a late write") || frozen.contains("not committed"),
+        "the frozen daemon's late writes were not refused:\n{frozen}"
     );
     assert!(
-        l1.contains("took over a queued run") || l2.contains("took over a queued run"),
-        "nobody took the dead daemon's runs over:\n{l1}\n{l2}"
+        all.iter()
+            .any(|(_, l)| l.contains("took over a queued run")),
+        "nobody took the dead daemon's runs over"
     );
+    assert!(
+        all.iter().any(|(_, l)| l.contains("no longer the leader")),
+        "no daemon noticed it lost the leader lock"
+    );
+    let per_daemon: Vec<(String, i64)> = db
+        .query(
+            &format!(
+                "SELECT coalesce(status->>'role', '?'), count(*) FROM {schema}.daemons GROUP BY 1"
+            ),
+            &[],
+        )
+        .await
+        .expect("daemons")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    eprintln!("daemons by last role: {per_daemon:?}");
     let _ = db
         .batch_execute(&format!("DROP TABLE {table}; DROP SCHEMA {schema} CASCADE"))
         .await;

@@ -727,3 +727,96 @@ async fn dead_letters_within_the_ratio_raise_an_alert() {
         .await
         .expect("clean");
 }
+
+/// Runs of one consumer group never overlap across runners on one store: while another runner
+/// (another daemon) holds the group's lease, the step waits, says so in its log, and reads only
+/// once the lease is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_read_by_another_runner_waits_for_it() {
+    let topic = unique("group");
+    create_topic(&topic, 1).await;
+    let p = producer();
+    produce(
+        &p,
+        &topic,
+        vec![(
+            0,
+            t("2026-03-02T10:30:00Z").timestamp_millis(),
+            event(1, "2026-03-02T10:30:00Z"),
+        )],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let prefix = unique("cranium-tests/group");
+    let e = setup(dir.path(), &topic, &prefix, "    group: shared-group\n").await;
+    let iv = hour1("2026-03-02T10:00:00Z");
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    let other = e
+        .store
+        .create_run("elsewhere", iv, cranium::store::Trigger::Manual)
+        .await
+        .expect("run");
+    let held = e
+        .store
+        .claim_step(
+            cranium::engine::GROUP_LEASE_JOB,
+            "shared-group",
+            epoch,
+            "daemon:elsewhere",
+            other,
+            Duration::from_secs(60),
+            false,
+            None,
+        )
+        .await
+        .expect("claim the group");
+    assert!(held.is_acquired(), "{held:?}");
+
+    let task = {
+        let e = e.clone();
+        tokio::spawn(async move { run(&e, iv).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !task.is_finished(),
+        "the step read the group while another runner held it"
+    );
+    let objects = read_objects(&s3().0, &s3().1, &format!("{prefix}/")).await;
+    assert!(
+        objects.is_empty(),
+        "nothing written while waiting: {objects:?}"
+    );
+    e.store
+        .release_step(
+            cranium::engine::GROUP_LEASE_JOB,
+            "shared-group",
+            epoch,
+            "daemon:elsewhere",
+        )
+        .await
+        .expect("release");
+    let (state, out, report) = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the step ends once the group is free")
+        .expect("task");
+    assert_eq!(state, StepState::Success, "{report}");
+    assert_eq!(out["records"], 1);
+    let attempts = e
+        .store
+        .attempts("extract", iv.start, Some("copy"))
+        .await
+        .expect("attempts");
+    let log_path = attempts[0].log_path.clone().expect("a log");
+    let log = std::fs::read_to_string(dir.path().join(log_path)).expect("log");
+    assert!(
+        log.contains("waiting: consumer group shared-group is being read by daemon:elsewhere"),
+        "{log}"
+    );
+    // Released with the step: nobody holds the group now.
+    let leases = e.store.leases().await.expect("leases");
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.job != cranium::engine::GROUP_LEASE_JOB),
+        "{leases:?}"
+    );
+}

@@ -204,6 +204,7 @@ suite!(
     requests_are_claimed_by_one_daemon,
     daemon_heartbeats,
     concurrent_claims_acquire_once,
+    pools_are_shared_by_every_runner,
     late_writes_of_a_lost_lease_are_refused,
     concurrent_decisions_create_one_run,
     alerts_are_throttled_per_channel_and_key,
@@ -239,7 +240,7 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 6, "six migrations recorded: {before:?}");
+    assert_eq!(before.len(), 7, "seven migrations recorded: {before:?}");
     for (i, m) in before.iter().enumerate() {
         assert!(m.starts_with(&format!("{} ", i + 1)), "{before:?}");
     }
@@ -1411,7 +1412,7 @@ async fn requeue_stale_requeues_dead_daemon_runs_only(h: &Harness) {
 
     // The dead run: one step running (with its lease), one finished, one waiting for a retry.
     assert!(s
-        .claim_step("j", "a", iv.start, "d1", dead, MINUTE, true)
+        .claim_step("j", "a", iv.start, "d1", dead, MINUTE, true, None)
         .await
         .unwrap()
         .is_acquired());
@@ -1432,7 +1433,7 @@ async fn requeue_stale_requeues_dead_daemon_runs_only(h: &Harness) {
     // The live daemon run and the foreground run each have a running step and a lease.
     for (run, k, owner) in [(alive, 1, "d2"), (cli, 2, "cli:1")] {
         assert!(s
-            .claim_step("j", "a", hour(k).start, owner, run, MINUTE, true)
+            .claim_step("j", "a", hour(k).start, owner, run, MINUTE, true, None)
             .await
             .unwrap()
             .is_acquired());
@@ -1554,7 +1555,7 @@ async fn claim_step_leases(h: &Harness) {
     let before = now_micros() - TimeDelta::seconds(60);
 
     assert!(s
-        .claim_step("j", "a", iv.start, "A", run, MINUTE, true)
+        .claim_step("j", "a", iv.start, "A", run, MINUTE, true, None)
         .await
         .unwrap()
         .is_acquired());
@@ -1579,7 +1580,7 @@ async fn claim_step_leases(h: &Harness) {
 
     // Another owner is told who holds it, until when.
     assert_eq!(
-        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true, None)
             .await
             .unwrap(),
         Claim::Held {
@@ -1594,7 +1595,7 @@ async fn claim_step_leases(h: &Harness) {
     let own_attempt = s.begin_attempt(run, "j", "a", iv, 1, "").await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(s
-        .claim_step("j", "a", iv.start, "A", run, MINUTE, true)
+        .claim_step("j", "a", iv.start, "A", run, MINUTE, true, None)
         .await
         .unwrap()
         .is_acquired());
@@ -1626,7 +1627,7 @@ async fn claim_step_leases(h: &Harness) {
     .await
     .unwrap();
     assert_eq!(
-        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true, None)
             .await
             .unwrap(),
         Claim::Done {
@@ -1634,14 +1635,14 @@ async fn claim_step_leases(h: &Harness) {
         }
     );
     assert!(matches!(
-        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false)
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false, None)
             .await
             .unwrap(),
         Claim::Held { owner, .. } if owner == "A"
     ));
     s.release_step("j", "a", iv.start, "A").await.unwrap();
     assert_eq!(
-        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true)
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, true, None)
             .await
             .unwrap(),
         Claim::Done {
@@ -1650,7 +1651,7 @@ async fn claim_step_leases(h: &Harness) {
     );
     assert!(s.leases().await.unwrap().is_empty(), "Done takes no lease");
     assert!(
-        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false)
+        s.claim_step("j", "a", iv.start, "B", other_run, MINUTE, false, None)
             .await
             .unwrap()
             .is_acquired(),
@@ -1660,7 +1661,16 @@ async fn claim_step_leases(h: &Harness) {
 
     // An expired lease is taken over, and the attempt its holder left running is interrupted.
     assert!(s
-        .claim_step("j", "b", iv.start, "A", run, Duration::from_millis(5), true)
+        .claim_step(
+            "j",
+            "b",
+            iv.start,
+            "A",
+            run,
+            Duration::from_millis(5),
+            true,
+            None
+        )
         .await
         .unwrap()
         .is_acquired());
@@ -1675,7 +1685,7 @@ async fn claim_step_leases(h: &Harness) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(s
-        .claim_step("j", "b", iv.start, "B", other_run, MINUTE, true)
+        .claim_step("j", "b", iv.start, "B", other_run, MINUTE, true, None)
         .await
         .unwrap()
         .is_acquired());
@@ -1703,7 +1713,7 @@ async fn claim_step_leases(h: &Harness) {
     );
     // The first holder is now told it lost it.
     assert!(matches!(
-        s.claim_step("j", "b", iv.start, "A", run, MINUTE, true)
+        s.claim_step("j", "b", iv.start, "A", run, MINUTE, true, None)
             .await
             .unwrap(),
         Claim::Held { owner, expires_at } if owner == "B" && expires_at == leases[0].expires_at
@@ -1715,7 +1725,7 @@ async fn claim_step_leases(h: &Harness) {
         ("k", "b", iv.start),
     ] {
         assert!(
-            s.claim_step(job, step, start, "A", run, MINUTE, true)
+            s.claim_step(job, step, start, "A", run, MINUTE, true, None)
                 .await
                 .unwrap()
                 .is_acquired(),
@@ -1754,7 +1764,7 @@ async fn leases_renew_and_release(h: &Harness) {
     let short = Duration::from_secs(1);
     for (step, owner) in [("s1", "A"), ("s2", "A"), ("s3", "B")] {
         assert!(s
-            .claim_step("j", step, hour(0).start, owner, run, short, true)
+            .claim_step("j", step, hour(0).start, owner, run, short, true, None)
             .await
             .unwrap()
             .is_acquired());
@@ -1786,7 +1796,7 @@ async fn leases_renew_and_release(h: &Harness) {
     // Renewed past the first ttl: still held.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(matches!(
-        s.claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true)
+        s.claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true, None)
             .await
             .unwrap(),
         Claim::Held { owner, .. } if owner == "A"
@@ -1796,7 +1806,7 @@ async fn leases_renew_and_release(h: &Harness) {
     assert_eq!(s.leases().await.unwrap().len(), 3);
     s.release_step("j", "s1", hour(0).start, "A").await.unwrap();
     assert!(s
-        .claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true)
+        .claim_step("j", "s1", hour(0).start, "B", run, MINUTE, true, None)
         .await
         .unwrap()
         .is_acquired());
@@ -2025,6 +2035,105 @@ async fn daemon_heartbeats(h: &Harness) {
     assert_eq!(all[0].started_at, d.started_at);
 }
 
+/// A pool's size counts the unexpired leases of every runner on the store: with 3 slots, three
+/// steps are claimed, the fourth is told the pool is full, a renewal is not, a released slot or
+/// an expired lease frees one; and racing claimers on 8 steps never get more than 3 (repeated).
+async fn pools_are_shared_by_every_runner(h: &Harness) {
+    let second = h.reopen().await.expect("second store");
+    let run = h
+        .store
+        .create_daemon_run("j", hour(0), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let at = hour(0).start;
+    let pool = Some(("db", 3));
+    for (i, owner) in ["A", "B", "A"].iter().enumerate() {
+        let c = h
+            .store
+            .claim_step("j", &format!("p{i}"), at, owner, run, MINUTE, true, pool)
+            .await
+            .unwrap();
+        assert!(c.is_acquired(), "{owner} p{i}: {c:?}");
+    }
+    let full = second
+        .claim_step("j", "p3", at, "C", run, MINUTE, true, pool)
+        .await
+        .unwrap();
+    assert_eq!(full, Claim::Full { pool: "db".into() });
+    // Another pool, or none, is not limited by this one.
+    let other = second
+        .claim_step("j", "q0", at, "C", run, MINUTE, true, Some(("api", 1)))
+        .await
+        .unwrap();
+    assert!(other.is_acquired(), "{other:?}");
+    // The holder renewing its own claim is not refused.
+    let renewal = h
+        .store
+        .claim_step("j", "p0", at, "A", run, MINUTE, true, pool)
+        .await
+        .unwrap();
+    assert!(renewal.is_acquired(), "{renewal:?}");
+    h.store.release_step("j", "p1", at, "B").await.unwrap();
+    let freed = second
+        .claim_step("j", "p3", at, "C", run, MINUTE, true, pool)
+        .await
+        .unwrap();
+    assert!(freed.is_acquired(), "a released slot is free: {freed:?}");
+    // An expired lease holds no slot.
+    h.store
+        .claim_step(
+            "j",
+            "p0",
+            at,
+            "A",
+            run,
+            Duration::from_millis(1),
+            true,
+            pool,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after_expiry = second
+        .claim_step("j", "p4", at, "C", run, MINUTE, true, pool)
+        .await
+        .unwrap();
+    assert!(after_expiry.is_acquired(), "{after_expiry:?}");
+
+    const TASKS: usize = 8;
+    for round in 0..30 {
+        let claims = race(&h.store, &second, TASKS, |s, t| async move {
+            s.claim_step(
+                "j",
+                &format!("r{round}-{t}"),
+                at,
+                &format!("owner-{t}"),
+                run,
+                MINUTE,
+                true,
+                Some(("race", 3)),
+            )
+            .await
+        })
+        .await;
+        let mut acquired = 0;
+        for c in claims {
+            match c.expect("claim") {
+                Claim::Acquired { .. } => acquired += 1,
+                Claim::Full { .. } => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(acquired, 3, "round {round}: exactly the pool's size");
+        for t in 0..TASKS {
+            h.store
+                .release_step("j", &format!("r{round}-{t}"), at, &format!("owner-{t}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 async fn concurrent_claims_acquire_once(h: &Harness) {
     const TASKS: usize = 8;
     let second = h.reopen().await.expect("second store");
@@ -2036,28 +2145,20 @@ async fn concurrent_claims_acquire_once(h: &Harness) {
     // Many rounds: a race lost once in a hundred would show.
     for round in 0..100 {
         let step = format!("s{round}");
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
-        let mut handles = Vec::new();
-        for t in 0..TASKS {
-            let s = if t % 2 == 0 {
-                h.store.clone()
-            } else {
-                second.clone()
-            };
-            let (barrier, step) = (barrier.clone(), step.clone());
-            handles.push(tokio::spawn(async move {
+        let claims: Vec<(String, Claim)> = race(&h.store, &second, TASKS, |s, t| {
+            let step = step.clone();
+            async move {
                 let owner = format!("owner-{t}");
-                barrier.wait().await;
                 let claim = s
-                    .claim_step("j", &step, hour(0).start, &owner, run, MINUTE, true)
+                    .claim_step("j", &step, hour(0).start, &owner, run, MINUTE, true, None)
                     .await?;
                 Ok::<_, StoreError>((owner, claim))
-            }));
-        }
-        let mut claims = Vec::new();
-        for handle in handles {
-            claims.push(handle.await.expect("task").expect("claim"));
-        }
+            }
+        })
+        .await
+        .into_iter()
+        .map(|c| c.expect("claim"))
+        .collect();
         let winners: Vec<_> = claims
             .iter()
             .filter(|(_, c)| c.is_acquired())
@@ -2082,6 +2183,31 @@ async fn concurrent_claims_acquire_once(h: &Harness) {
 }
 
 /// The one lease on `step` of hour(0) of job j.
+/// Runs `f(store, t)` for `tasks` tasks at once (released together by a barrier), alternating
+/// between two stores on the same database; their results in task order.
+async fn race<T, F, Fut>(a: &Store, b: &Store, tasks: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Store, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (barrier, fut) = (barrier.clone(), f(s, t));
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            fut.await
+        }));
+    }
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}
+
 async fn lease_on(s: &Store, step: &str) -> cranium::store::LeaseRecord {
     let leases: Vec<_> = s
         .leases()
@@ -2097,30 +2223,20 @@ async fn lease_on(s: &Store, step: &str) -> cranium::store::LeaseRecord {
 async fn concurrent_decisions_create_one_run(h: &Harness) {
     const TASKS: usize = 8;
     let second = h.reopen().await.expect("second store");
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
-    let mut handles = Vec::new();
-    for t in 0..TASKS {
-        let s = if t % 2 == 0 {
-            h.store.clone()
+    let decisions = race(&h.store, &second, TASKS, |s, t| async move {
+        let decision = if t % 3 == 0 {
+            Decision::Skipped {
+                reason: format!("task {t}"),
+            }
         } else {
-            second.clone()
+            Decision::Run { priority: t as i32 }
         };
-        let barrier = barrier.clone();
-        handles.push(tokio::spawn(async move {
-            let decision = if t % 3 == 0 {
-                Decision::Skipped {
-                    reason: format!("task {t}"),
-                }
-            } else {
-                Decision::Run { priority: t as i32 }
-            };
-            barrier.wait().await;
-            s.schedule_interval("j", hour(0), &decision).await
-        }));
-    }
+        s.schedule_interval("j", hour(0), &decision).await
+    })
+    .await;
     let mut created = Vec::new();
-    for handle in handles {
-        if let Some(id) = handle.await.expect("task").expect("decide") {
+    for d in decisions {
+        if let Some(id) = d.expect("decide") {
             created.push(id);
         }
     }
@@ -2741,7 +2857,7 @@ async fn late_writes_of_a_lost_lease_are_refused(h: &Harness) {
         .unwrap();
     let short = Duration::from_millis(50);
     let Claim::Acquired { token: first } = s
-        .claim_step("j", "a", iv.start, "A", run, short, true)
+        .claim_step("j", "a", iv.start, "A", run, short, true, None)
         .await
         .unwrap()
     else {
@@ -2749,7 +2865,7 @@ async fn late_writes_of_a_lost_lease_are_refused(h: &Harness) {
     };
     // A renewal keeps the token.
     let Claim::Acquired { token: renewed } = s
-        .claim_step("j", "a", iv.start, "A", run, short, true)
+        .claim_step("j", "a", iv.start, "A", run, short, true, None)
         .await
         .unwrap()
     else {
@@ -2767,7 +2883,7 @@ async fn late_writes_of_a_lost_lease_are_refused(h: &Harness) {
     // A is frozen past its lease; B takes it over with a newer token.
     tokio::time::sleep(Duration::from_millis(80)).await;
     let Claim::Acquired { token: second } = s
-        .claim_step("j", "a", iv.start, "B", run, MINUTE, true)
+        .claim_step("j", "a", iv.start, "B", run, MINUTE, true, None)
         .await
         .unwrap()
     else {

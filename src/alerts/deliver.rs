@@ -84,18 +84,23 @@ async fn try_one(project: &Project, store: &Store, a: &AlertRecord) -> Result<bo
 }
 
 /// Delivers the queue every `every` until `stop` is cancelled (the daemon's background task).
-/// `project` is read each round, so a reload's channels apply.
+/// `project` is read each round, so a reload's channels apply; a round happens only when
+/// `may_send` says so (of several daemons, only the leader sends).
 pub async fn run(
     project: impl Fn() -> std::sync::Arc<Project>,
     store: Store,
     every: Duration,
     stop: CancellationToken,
+    may_send: impl Fn() -> bool + Send + Sync,
     on_tried: impl Fn(&AlertRecord, bool) + Send + Sync,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        if !may_send() {
+            continue;
         }
         if let Err(e) = deliver_due_counted(&project(), &store, &on_tried).await {
             tracing::warn!("delivering alerts: metadata store: {e}");

@@ -438,9 +438,15 @@ pub fn status(project: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) 
                 );
             }
             for d in &live {
+                let role = d
+                    .status
+                    .get("role")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("leader");
                 let _ = writeln!(
                     out,
-                    "daemon: up, pid {} on {}, version {}, since {} UTC, heartbeat {}s ago, project {}{}",
+                    "daemon {}: up, {role}, pid {} on {}, version {}, since {} UTC, heartbeat {}s ago, project {}{}",
+                    d.id,
                     d.pid,
                     d.host,
                     d.version,
@@ -453,6 +459,26 @@ pub fn status(project: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) 
                         .map(|l| format!(", health http://{l}/health"))
                         .unwrap_or_default()
                 );
+                let running: Vec<String> = d
+                    .status
+                    .get("running")
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| {
+                                format!(
+                                    "{}.{} ({})",
+                                    r.get("job").and_then(|v| v.as_str()).unwrap_or("?"),
+                                    r.get("step").and_then(|v| v.as_str()).unwrap_or("?"),
+                                    r.get("interval_start").and_then(|v| v.as_str()).unwrap_or("?"),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !running.is_empty() {
+                    let _ = writeln!(out, "  running {}: {}", running.len(), running.join(", "));
+                }
                 if let Some(errs) = d.status.get("reload_errors").and_then(|v| v.as_array()) {
                     if !errs.is_empty() {
                         let _ = writeln!(out, "  reload refused ({} error(s)); the previous version runs:", errs.len());

@@ -701,6 +701,7 @@ pub fn runs(
                             "created_at": r.created_at.to_rfc3339(),
                             "started_at": r.started_at.map(|t| t.to_rfc3339()),
                             "ended_at": r.ended_at.map(|t| t.to_rfc3339()),
+                            "daemon": r.owner,
                         })
                     })
                     .chain(skipped_json)
@@ -716,6 +717,7 @@ pub fn runs(
                     "TRIGGER".to_string(),
                     "STARTED (UTC)".to_string(),
                     "DURATION".to_string(),
+                    "DAEMON".to_string(),
                 ]];
                 for r in &runs {
                     let iv = match c.project.job(&r.job) {
@@ -736,6 +738,7 @@ pub fn runs(
                             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                             .unwrap_or_default(),
                         dur,
+                        r.owner.clone().unwrap_or_default(),
                     ]);
                 }
                 for s in &skipped {
@@ -751,6 +754,7 @@ pub fn runs(
                         "schedule".to_string(),
                         String::new(),
                         s.reason.clone(),
+                        String::new(),
                     ]);
                 }
                 let _ = write!(out, "{}", table(&rows));
@@ -1037,6 +1041,7 @@ mod tests {
             created_at: at(min),
             started_at: None,
             ended_at: None,
+            owner: None,
         };
         let skip = |min: i64| SkippedInterval {
             job: "j".into(),

@@ -47,6 +47,8 @@ pub struct PoolUsage {
 pub struct Status {
     pub version: &'static str,
     pub daemon_id: String,
+    /// `leader` (makes the scheduling decisions) or `follower` (executes steps only).
+    pub role: &'static str,
     pub pid: u32,
     pub store: String,
     pub project: String,

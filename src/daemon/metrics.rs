@@ -47,7 +47,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let builder = PrometheusBuilder::new();
+        Metrics::build(PrometheusBuilder::new())
+    }
+
+    /// The metrics of daemon `id`: every series carries `daemon="ID"`, so the series of several
+    /// daemons on one store stay apart when one Prometheus scrapes them all.
+    pub fn for_daemon(id: &str) -> Metrics {
+        Metrics::build(PrometheusBuilder::new().add_global_label("daemon", id))
+    }
+
+    fn build(builder: PrometheusBuilder) -> Metrics {
         // Buckets are valid (non-empty): the error cannot happen; fall back to summaries if it did.
         let builder = match builder.set_buckets(SECONDS) {
             Ok(b) => b,
@@ -142,6 +151,10 @@ impl Metrics {
             r.describe_gauge(name.into(), None, help.into())
         };
         g("cranium_build_info", "The running version (always 1).");
+        g(
+            "cranium_daemon_leader",
+            "1 while this daemon is the leader (makes the scheduling decisions), else 0.",
+        );
         g("cranium_pool_slots", "Slots of each pool.");
         g("cranium_pool_used_slots", "Slots of each pool in use.");
         g("cranium_scheduler_running_steps", "Steps running now.");
@@ -267,6 +280,15 @@ impl Metrics {
 
     pub fn loop_pass(&self, seconds: f64) {
         self.histogram("cranium_scheduler_loop_duration_seconds", &[], seconds);
+    }
+
+    /// Whether this daemon leads now.
+    pub fn leader(&self, leading: bool) {
+        self.gauge(
+            "cranium_daemon_leader",
+            &[],
+            if leading { 1.0 } else { 0.0 },
+        );
     }
 
     /// The scheduler's state now.

@@ -24,6 +24,7 @@
 
 pub mod clock;
 pub mod health;
+pub mod leader;
 pub mod lock;
 pub mod metrics;
 pub mod plan;
@@ -71,6 +72,8 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(60);
 pub const SLA_EVERY: Duration = Duration::from_secs(15);
 /// How often it reads the consumer lag recorded in the store into the metrics.
 pub const LAG_EVERY: Duration = Duration::from_secs(15);
+/// How often a daemon on a shared store looks for queued runs to take (at most).
+pub const TAKE_EVERY: Duration = Duration::from_millis(200);
 /// How often it rescans the project's files (the fallback for lost file events).
 pub const RESCAN_EVERY: Duration = Duration::from_secs(10);
 
@@ -213,6 +216,18 @@ pub struct Daemon {
     serve_health: bool,
     listen: Option<std::net::SocketAddr>,
     _lock: Option<lock::StoreLock>,
+    /// Whether this daemon makes the scheduling decisions ([`leader`]).
+    leadership: leader::Leadership,
+    /// The leadership term the watermarks were read in.
+    term_seen: u64,
+    /// Stops the elector (which releases the leader lock); cancelled on drop too.
+    elector_stop: CancellationToken,
+    elector: Option<tokio::task::JoinHandle<()>>,
+    _elector_guard: tokio_util::sync::DropGuard,
+    /// When queued runs were last looked for (several daemons: often, to spread the work).
+    last_take: Option<std::time::Instant>,
+    /// Live daemons on the store, this one included (from the heartbeat rows).
+    fleet_size: usize,
 }
 
 fn hostname() -> String {
@@ -458,7 +473,7 @@ impl Daemon {
         // A run whose heartbeat is older than two lease times is taken over by another daemon:
         // it beats well within that.
         engine.heartbeat_every = engine.heartbeat_every.min(engine.lease_ttl / 3);
-        let metrics = metrics::Metrics::new();
+        let metrics = metrics::Metrics::for_daemon(&id);
         engine.notifier = Some(notifier(project.clone(), store.clone(), &metrics));
         // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
         // On PostgreSQL, only those whose heartbeat is older than two lease times.
@@ -476,6 +491,9 @@ impl Daemon {
             );
         }
         let settings = project.daemon.clone();
+        let elector_stop = CancellationToken::new();
+        let (leadership, elector) =
+            leader::elect(&store, &id, engine.lease_ttl, elector_stop.clone()).await;
         let fingerprint = {
             let root = opts.root.clone();
             tokio::task::spawn_blocking(move || Fingerprint::of(&root))
@@ -541,6 +559,13 @@ impl Daemon {
             serve_health: opts.serve_health,
             listen: opts.listen,
             _lock: lock,
+            term_seen: leadership.terms(),
+            leadership,
+            _elector_guard: elector_stop.clone().drop_guard(),
+            elector_stop,
+            elector,
+            last_take: None,
+            fleet_size: 1,
         };
         d.take_over_queued(usize::MAX).await?;
         Ok(d)
@@ -550,7 +575,15 @@ impl Daemon {
     /// and executes them; each is taken by one daemon only ([`Store::take_queued_run`]).
     async fn take_over_queued(&mut self, limit: usize) -> Result<(), StoreError> {
         let mut taken = 0;
-        for q in self.store.queued_daemon_runs().await? {
+        let queued = self.store.queued_daemon_runs().await?;
+        // Several daemons: each takes its share of what waits, so the work spreads (whoever
+        // looks first would otherwise take it all).
+        let limit = if self.is_fleet() {
+            limit.min(queued.len().div_ceil(self.fleet_size.max(1)))
+        } else {
+            limit
+        };
+        for q in queued {
             if taken >= limit {
                 break;
             }
@@ -560,7 +593,7 @@ impl Daemon {
             };
             if request.as_ref().is_some_and(|r| r.state.is_final()) {
                 // Its request was cancelled (or ended) while no daemon ran it: the run ends too.
-                if self.store.take_queued_run(q.run.id).await? {
+                if self.store.take_queued_run(q.run.id, &self.id).await? {
                     self.store.set_run_state(q.run.id, RunState::Failed).await?;
                 }
                 continue;
@@ -574,13 +607,40 @@ impl Daemon {
                 .await
             {
                 taken += 1;
-                tracing::info!(
-                    run_id = q.run.id,
-                    job = q.run.job,
-                    "took over a queued run (its daemon stopped or died)"
-                );
+                if q.run.started_at.is_some() {
+                    tracing::info!(
+                        run_id = q.run.id,
+                        job = q.run.job,
+                        "took over a queued run (its daemon stopped or died)"
+                    );
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Whether other daemons may share the store (PostgreSQL): then runs are created by the
+    /// leader only and taken from the queue by whoever has room.
+    fn is_fleet(&self) -> bool {
+        matches!(self.store, Store::Postgres(_))
+    }
+
+    /// Whether this daemon makes the scheduling decisions now.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// On becoming the leader, reads what the previous leader decided (the watermarks), so
+    /// nothing is scheduled twice or missed.
+    async fn new_term(&mut self) -> Result<(), StoreError> {
+        let term = self.leadership.terms();
+        if term == self.term_seen {
+            return Ok(());
+        }
+        self.watermarks = self.store.last_scheduled().await?;
+        self.next_due.clear();
+        self.term_seen = term;
+        tracing::info!("leading: read the latest scheduling decisions of every job");
         Ok(())
     }
 
@@ -607,7 +667,7 @@ impl Daemon {
     /// Starts executing a recorded (queued) run, once it is taken from the queue (another
     /// daemon on the same store may take it first: then false).
     async fn adopt(&mut self, run_id: i64, job: &str, interval: Interval, origin: Origin) -> bool {
-        match self.store.take_queued_run(run_id).await {
+        match self.store.take_queued_run(run_id, &self.id).await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
@@ -681,13 +741,20 @@ impl Daemon {
         if let Some(t) = self.retry_at.filter(|t| *t > now) {
             return Some(t);
         }
+        if !self.leadership.is_leader() {
+            // Another daemon schedules; this one wakes for its steps and its housekeeping.
+            return None;
+        }
+        let fleet = self.is_fleet();
         let mut best: Option<DateTime<Utc>> = None;
         for i in 0..self.engine.project.jobs.len() {
             let j = &self.engine.project.jobs[i];
             if !j.runnable || self.paused.contains(&j.name) {
                 continue;
             }
-            if self.active_of(&j.name) >= j.max_active_runs as usize {
+            // (On a shared store the limit counts every daemon's runs: schedule() looks again
+            // a second later.)
+            if !fleet && self.active_of(&j.name) >= j.max_active_runs as usize {
                 continue;
             }
             if let Some(t) = self.job_next_due(i, now) {
@@ -699,6 +766,13 @@ impl Daemon {
 
     /// Creates the runs that are due (and records the intervals passed over).
     async fn schedule(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let fleet = self.is_fleet();
+        // On a store several daemons share, `max_active_runs` counts the runs of all of them.
+        let open = if fleet {
+            self.store.open_daemon_runs().await?
+        } else {
+            HashMap::new()
+        };
         for i in 0..self.engine.project.jobs.len() {
             let (name, runnable, max_active, catchup, priority) = {
                 let j = &self.engine.project.jobs[i];
@@ -716,8 +790,20 @@ impl Daemon {
             if self.job_next_due(i, now).is_none_or(|t| t > now) {
                 continue;
             }
-            let capacity = max_active.saturating_sub(self.active_of(&name));
+            let active = if fleet {
+                open.get(&name).copied().unwrap_or(0)
+            } else {
+                self.active_of(&name)
+            };
+            let capacity = max_active.saturating_sub(active);
             if capacity == 0 {
+                if fleet {
+                    // Another daemon's run ends without telling this one: look again shortly.
+                    self.next_due.insert(
+                        name.clone(),
+                        Some(now + chrono::Duration::milliseconds(200)),
+                    );
+                }
                 continue;
             }
             let due = {
@@ -757,9 +843,16 @@ impl Daemon {
                     .await?;
                 self.watermarks.insert(name.clone(), iv.start);
                 self.next_due.remove(&name);
+                if created.is_some() && fleet {
+                    self.last_take = None;
+                }
                 if let Some(run_id) = created {
-                    let origin = Origin::new(Trigger::Schedule, None, priority);
-                    self.adopt(run_id, &name, iv, origin).await;
+                    // On a shared store the run stays queued for whichever daemon has room
+                    // (this one included: take_over_queued).
+                    if !fleet {
+                        let origin = Origin::new(Trigger::Schedule, None, priority);
+                        self.adopt(run_id, &name, iv, origin).await;
+                    }
                 }
             }
             // Nothing due after all (e.g. past the job's end): look again only when it changes.
@@ -851,6 +944,11 @@ impl Daemon {
                         self.slots.give_back(c.pool.as_deref());
                         progressed = true;
                     }
+                    Ok(Claim::Full { pool }) => {
+                        // Other daemons fill the pool: asked again on the next tick.
+                        self.slots.give_back(c.pool.as_deref());
+                        tracing::debug!(run_id = c.run_id, pool, "pool full across the fleet");
+                    }
                     Ok(Claim::Held { owner, .. }) => {
                         // Another runner has it (a foreground `run`): asked again on the next tick.
                         self.slots.give_back(c.pool.as_deref());
@@ -900,6 +998,8 @@ impl Daemon {
             );
             self.metrics.run_ended(&job, report.state);
             self.next_due.remove(&job);
+            // Room for another queued run now, not at the next look.
+            self.last_take = None;
             if let Some(rid) = a.request {
                 self.request_run_ended(rid, a.trigger, report.state).await;
             }
@@ -1276,10 +1376,10 @@ impl Daemon {
                 // Several daemons may share this store: the runs of one that died (no heartbeat
                 // for two lease times) or stopped are taken over here.
                 let _ = self.store.requeue_stale(self.engine.lease_ttl * 2).await?;
-                let room = self.slots.max_running.saturating_sub(self.active.len());
-                self.take_over_queued(room).await?;
             }
-            if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
+            let leader = self.leadership.is_leader();
+            if leader
+                && self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
                 && self.probing.as_ref().is_none_or(|p| p.is_finished())
             {
                 self.last_probe = Some(std::time::Instant::now());
@@ -1291,7 +1391,7 @@ impl Daemon {
                     )));
                 }
             }
-            if self.last_sla.is_none_or(|t| t.elapsed() >= SLA_EVERY) {
+            if leader && self.last_sla.is_none_or(|t| t.elapsed() >= SLA_EVERY) {
                 self.last_sla = Some(std::time::Instant::now());
                 self.check_slas().await?;
             }
@@ -1302,7 +1402,21 @@ impl Daemon {
             if self.last_beat.is_none_or(|t| t.elapsed() >= BEAT_EVERY) {
                 self.last_beat = Some(std::time::Instant::now());
                 let st = self.shared.get();
+                let running: Vec<serde_json::Value> = self
+                    .running
+                    .values()
+                    .map(|r| {
+                        serde_json::json!({
+                            "job": r.step.job,
+                            "step": r.step.step,
+                            "interval_start": r.step.interval_start,
+                            "started_at": r.step.started_at,
+                        })
+                    })
+                    .collect();
                 let status = serde_json::json!({
+                    "role": self.leadership.role(),
+                    "running": running,
                     "project_hash": st.project_hash,
                     "jobs": st.jobs,
                     "active_runs": self.active.len(),
@@ -1310,6 +1424,17 @@ impl Daemon {
                     "listen": self.listen.or(self.engine.project.daemon.listen).map(|a| a.to_string()),
                     "reload_errors": st.reload_errors,
                 });
+                if self.is_fleet() {
+                    let fresh = Utc::now() - chrono::Duration::seconds(3 * BEAT_EVERY.as_secs() as i64);
+                    self.fleet_size = self
+                        .store
+                        .daemons()
+                        .await?
+                        .iter()
+                        .filter(|d| d.stopped_at.is_none() && d.heartbeat_at >= fresh)
+                        .count()
+                        .max(1);
+                }
                 self.store
                     .daemon_beat(
                         &self.id,
@@ -1417,9 +1542,12 @@ impl Daemon {
         let pass = std::time::Instant::now();
         let now = self.clock.now();
         let backing_off = self.retry_at.is_some_and(|t| now < t);
-        if !self.stopping && !backing_off {
+        if !self.stopping && !backing_off && self.leadership.is_leader() {
             self.retry_at = None;
-            if let Err(e) = self.schedule(now).await {
+            if let Err(e) = self.new_term().await {
+                tracing::error!("becoming the leader: metadata store: {e} (trying again in 1s)");
+                self.retry_at = Some(now + chrono::Duration::seconds(1));
+            } else if let Err(e) = self.schedule(now).await {
                 // Not again at once: a store that is down must not turn the loop into a spin.
                 tracing::error!("scheduling: metadata store: {e} (trying again in 1s)");
                 self.retry_at = Some(now + chrono::Duration::seconds(1));
@@ -1429,6 +1557,16 @@ impl Daemon {
             tracing::error!("dispatching steps: {e}");
         }
         if !self.stopping {
+            // (After dispatching, which finishes the runs that are complete and so makes room.)
+            if self.is_fleet() && self.last_take.is_none_or(|t| t.elapsed() >= TAKE_EVERY) {
+                self.last_take = Some(std::time::Instant::now());
+                let room = self.slots.max_running.saturating_sub(self.active.len());
+                if room == 0 {
+                    // Full: the next look is when a run ends.
+                } else if let Err(e) = self.take_over_queued(room).await {
+                    tracing::error!("taking queued runs: metadata store: {e}");
+                }
+            }
             if let Err(e) = self.feed_backfills().await {
                 tracing::error!("backfill requests: metadata store: {e}");
             }
@@ -1452,6 +1590,8 @@ impl Daemon {
         let mut paused: Vec<String> = self.paused.iter().cloned().collect();
         paused.sort();
         let (active, stopping) = (self.active.len(), self.stopping);
+        let role = self.leadership.role();
+        self.metrics.leader(self.leadership.is_leader());
         self.metrics.scheduler(
             self.running.len(),
             self.slots.max_running,
@@ -1466,6 +1606,7 @@ impl Daemon {
             s.pools = pools;
             s.paused = paused;
             s.stopping = stopping;
+            s.role = role;
         });
     }
 
@@ -1698,18 +1839,33 @@ impl Daemon {
             None => None,
         };
         let _keeper = self.engine.keep_leases().drop_guard();
+        {
+            // The leader lock goes at the first signal, not after the grace period: another
+            // daemon schedules while this one winds down.
+            let (stop, elector_stop) = (stop.clone(), self.elector_stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => elector_stop.cancel(),
+                    _ = elector_stop.cancelled() => {}
+                }
+            });
+        }
         let alerts_stop = CancellationToken::new();
         let lag_task = {
             let rx = self.project_tx.subscribe();
-            let (store, metrics, stop) = (
+            let (store, metrics, stop, leadership) = (
                 self.store.clone(),
                 self.metrics.clone(),
                 alerts_stop.clone(),
+                self.leadership.clone(),
             );
             tokio::spawn(async move {
                 loop {
                     let project = rx.borrow().clone();
-                    refresh_lag(&project, &store, &metrics).await;
+                    // One measurement for the fleet: the leader's.
+                    if leadership.is_leader() {
+                        refresh_lag(&project, &store, &metrics).await;
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(LAG_EVERY) => {}
@@ -1722,11 +1878,14 @@ impl Daemon {
             let store = self.store.clone();
             let stop = alerts_stop.clone();
             let m = self.metrics.clone();
+            let leadership = self.leadership.clone();
             tokio::spawn(crate::alerts::deliver::run(
                 move || rx.borrow().clone(),
                 store,
                 ALERT_EVERY,
                 stop,
+                // Only the leader sends, so an alert never goes out twice.
+                move || leadership.is_leader(),
                 move |a, sent| m.alert(&a.channel, &a.event, if sent { "sent" } else { "failed" }),
             ))
         };
@@ -1770,13 +1929,25 @@ impl Daemon {
             }
             self.tick().await;
         }
+        // Another daemon leads from now on (within a second), while this one winds down.
+        self.elector_stop.cancel();
+        if let Some(e) = self.elector.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+        }
         self.shutdown(force).await;
         alerts_stop.cancel();
         let _ = deliverer.await;
         lag_task.abort();
-        // What the stop itself raised goes out too, briefly.
-        crate::alerts::deliver::drain(&self.engine.project, &self.store, Duration::from_secs(5))
+        // What the stop itself raised goes out too, briefly, unless another daemon is there to
+        // send it (it would go out twice).
+        if !self.is_fleet() || self.fleet_size <= 1 {
+            crate::alerts::deliver::drain(
+                &self.engine.project,
+                &self.store,
+                Duration::from_secs(5),
+            )
             .await;
+        }
         serve_stop.cancel();
         if let Some(s) = server {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;

@@ -382,7 +382,8 @@ impl Engine {
                         tasks.spawn(async move { engine.execute(task, cancel).await });
                     }
                     Claim::Done { .. } => progressed = true,
-                    Claim::Held { .. } => {}
+                    // Held by another runner, or its pool full across the store: asked again.
+                    Claim::Held { .. } | Claim::Full { .. } => {}
                 }
             }
             if progressed {
@@ -628,7 +629,10 @@ impl Engine {
                     Arc::new(move || book.held(&key, margin)) as Arc<dyn Fn() -> bool + Send + Sync>
                 }),
             };
-            let result = run_with_deadline(&cx, spec.timeout).await;
+            let result = match exclusive_group(job, spec) {
+                Some(group) => self.run_alone(&group, &cx, spec.timeout).await,
+                None => run_with_deadline(&cx, spec.timeout).await,
+            };
             match result {
                 Ok(out) => {
                     let outputs = serde_json::Value::Object(out.outputs.clone());
@@ -1059,6 +1063,104 @@ fn first_line(s: &str) -> &str {
 
 /// Run the step's attempt; if it does not return within its timeout (plus a grace period for the
 /// server-side cancel), give up on it.
+/// The pseudo-job under which consumer-group leases live in `step_leases` (no job can be named
+/// so: job names are identifiers).
+pub const GROUP_LEASE_JOB: &str = "~consumer_group";
+
+/// The Kafka consumer group a step reads with, which no two of its runs may read at once (they
+/// would read the same committed offsets): `kafka_to_s3` steps.
+fn exclusive_group(job: &Job, spec: &crate::project::StepSpec) -> Option<String> {
+    match &spec.config {
+        crate::steps::StepConfig::KafkaToS3(k) => Some(k.group_name(&job.name, &spec.id)),
+        _ => None,
+    }
+}
+
+/// The in-process lock of a consumer group (two runs of one daemon or one `backfill`).
+fn group_lock(group: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let locks = LOCKS.get_or_init(Default::default);
+    let mut map = locks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.entry(group.to_string()).or_default().clone()
+}
+
+impl Engine {
+    /// Runs a step that reads consumer group `group` while no other run reads it: first within
+    /// this process, then across every runner on the store (a lease on the group, renewed with
+    /// the step's own, released when the step ends). While another daemon reads the group the
+    /// attempt waits, saying so in its log.
+    async fn run_alone(
+        &self,
+        group: &str,
+        cx: &RunCx,
+        timeout: Option<Duration>,
+    ) -> Result<StepOutput, StepError> {
+        let cancelled = || StepError::new(ErrorClass::Cancelled, "cancelled");
+        let store_error = |e: StoreError| {
+            StepError::external(format!("metadata store: consumer group {group}: {e}"))
+        };
+        let lock = group_lock(group);
+        let _local = tokio::select! {
+            g = lock.lock() => g,
+            _ = cx.cancel.cancelled() => return Err(cancelled()),
+        };
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let mut said = false;
+        loop {
+            let claim = self
+                .store
+                .claim_step(
+                    GROUP_LEASE_JOB,
+                    group,
+                    epoch,
+                    &self.owner,
+                    cx.run_id,
+                    self.lease_ttl,
+                    false,
+                    None,
+                )
+                .await
+                .map_err(store_error)?;
+            match claim {
+                Claim::Acquired { .. } => break,
+                Claim::Held { owner, expires_at } => {
+                    if !said {
+                        said = true;
+                        cx.log.info(&format!(
+                            "waiting: consumer group {group} is being read by {owner} (lease until {expires_at}); runs of one group never overlap"
+                        ));
+                    }
+                }
+                Claim::Done { .. } | Claim::Full { .. } => {}
+            }
+            if cx.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(StepError::new(
+                    ErrorClass::Timeout,
+                    format!("timed out waiting for consumer group {group}, read by another runner"),
+                ));
+            }
+            tokio::select! {
+                _ = cx.cancel.cancelled() => return Err(cancelled()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let result = run_with_deadline(cx, timeout).await;
+        if let Err(e) = self
+            .store
+            .release_step(GROUP_LEASE_JOB, group, epoch, &self.owner)
+            .await
+        {
+            // It expires within the lease time anyway.
+            tracing::warn!(group, "releasing the consumer group's lease: {e}");
+        }
+        result
+    }
+}
+
 async fn run_with_deadline(cx: &RunCx, timeout: Option<Duration>) -> Result<StepOutput, StepError> {
     let fut = cx.spec().config.as_step().run(cx);
     match timeout {

@@ -206,7 +206,13 @@ impl Engine {
     /// Takes the lease on a ready step for this process. `Done`: another runner finished it
     /// meanwhile (the run takes its outputs); `Held`: another runner has it now (ask again later).
     pub async fn claim(&self, run: &mut ActiveRun, i: usize) -> Result<Claim, EngineError> {
-        let step = &self.project.jobs[run.job_index].steps[i].id;
+        let spec = &self.project.jobs[run.job_index].steps[i];
+        let step = &spec.id;
+        // A pool's size holds across every runner on the store (all the daemons of a fleet).
+        let pool = spec
+            .pool
+            .as_deref()
+            .and_then(|p| self.project.pools.get(p).map(|n| (p, *n)));
         let claim = self
             .store
             .claim_step(
@@ -217,6 +223,7 @@ impl Engine {
                 run.run_id,
                 self.lease_ttl,
                 run.opts.rerun != Rerun::All,
+                pool,
             )
             .await?;
         if let Claim::Acquired { token } = &claim {

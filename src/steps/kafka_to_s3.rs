@@ -481,14 +481,10 @@ impl KafkaToS3Step {
     }
 
     async fn extract(&self, cx: &RunCx) -> Result<StepOutput, StepError> {
-        // Two intervals of one group at once would read the same committed offsets: serialize them
-        // within this process (concurrent intervals of a job, a backfill with several active runs).
+        // Two intervals of one group at once would read the same committed offsets: the engine
+        // runs this step only while no other run reads the group, in this process or any other
+        // on the store (`Engine::run_alone`).
         let group = self.group_for(cx);
-        let lock = group_lock(&group);
-        let _held = tokio::select! {
-            g = lock.lock() => g,
-            _ = cx.cancel.cancelled() => return Err(StepError::new(ErrorClass::Cancelled, "cancelled")),
-        };
         let project = &cx.project;
         let Some(Connection::Kafka(kconn)) = project.connections.get(&self.connection) else {
             return Err(StepError::config(format!(
@@ -884,19 +880,6 @@ struct TopicRun<'a> {
     /// The group's committed offsets, updated as batches commit.
     committed: BTreeMap<i32, Option<i64>>,
     manifests: Vec<Manifest>,
-}
-
-/// The in-process lock of a consumer group.
-fn group_lock(group: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: std::sync::OnceLock<
-        std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    > = std::sync::OnceLock::new();
-    let locks = LOCKS.get_or_init(Default::default);
-    let mut map = match locks.lock() {
-        Ok(m) => m,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    map.entry(group.to_string()).or_default().clone()
 }
 
 fn code_hash(code: &str) -> String {

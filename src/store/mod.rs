@@ -212,6 +212,9 @@ pub enum StoreError {
     /// A PostgreSQL operation did not finish within the timeout (30 s).
     #[error("postgres store: {0}: timed out after 30s")]
     Timeout(&'static str),
+    /// A check that must be quick (the leader lock's session) got no answer in time.
+    #[error("postgres store: {0}: no answer within {secs}s", secs = .1.as_secs())]
+    NoAnswer(&'static str, std::time::Duration),
     /// An operation on a run or attempt id that does not exist.
     #[error("{what} {id} does not exist in the store")]
     NotFound { what: &'static str, id: i64 },
@@ -262,6 +265,8 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The daemon executing it (or that last did), for a daemon run taken from the queue.
+    pub owner: Option<String>,
 }
 
 /// One attempt of one step (history).
@@ -376,6 +381,9 @@ pub enum Claim {
         owner: String,
         expires_at: DateTime<Utc>,
     },
+    /// The step's pool has every slot taken, across every runner on the store: ask again when
+    /// one is free.
+    Full { pool: String },
 }
 
 impl Claim {
@@ -539,6 +547,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0006_fencing.sql",
         sql: include_str!("migrations/sqlite/0006_fencing.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_fleet.sql",
+        sql: include_str!("migrations/sqlite/0007_fleet.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -572,6 +585,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "0006_fencing.sql",
         sql: include_str!("migrations/postgres/0006_fencing.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_fleet.sql",
+        sql: include_str!("migrations/postgres/0007_fleet.sql"),
     },
 ];
 
@@ -890,14 +908,23 @@ impl Store {
 
     /// Takes a queued daemon run for execution (it becomes running, with a fresh heartbeat);
     /// false when it is not queued any more (another daemon took it first). Two daemons that
-    /// both see a queued run never both execute it.
-    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
-        dispatch!(self.take_queued_run(run_id))
+    /// both see a queued run never both execute it. `owner` (the daemon's id) is recorded on
+    /// the run.
+    pub async fn take_queued_run(&self, run_id: i64, owner: &str) -> Result<bool, StoreError> {
+        dispatch!(self.take_queued_run(run_id, owner))
     }
 
     /// Daemon runs waiting to be executed (queued), oldest first.
     pub async fn queued_daemon_runs(&self) -> Result<Vec<DaemonRun>, StoreError> {
         dispatch!(self.queued_daemon_runs())
+    }
+
+    /// Daemon runs queued or running per job, backfills aside (what `max_active_runs` counts
+    /// across every daemon of the store).
+    pub async fn open_daemon_runs(
+        &self,
+    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        dispatch!(self.open_daemon_runs())
     }
 
     /// Daemon runs left running with no heartbeat for `stale_after` (their daemon died): back to
@@ -915,7 +942,8 @@ impl Store {
     /// has not expired. Taking a lease marks the step's attempts still recorded as running (their
     /// runner is gone: its lease expired) failed with [`INTERRUPTED`]. A claim by the owner of a
     /// lease that has not expired renews it (new expiry and run, `acquired_at` kept) and
-    /// interrupts nothing.
+    /// interrupts nothing. `pool` (name, size): the step's pool, whose size counts every
+    /// runner's unexpired leases on the store; `Full` when they fill it.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_step(
         &self,
@@ -926,8 +954,18 @@ impl Store {
         run_id: i64,
         ttl: std::time::Duration,
         skip_done: bool,
+        pool: Option<(&str, u32)>,
     ) -> Result<Claim, StoreError> {
-        dispatch!(self.claim_step(job, step, interval_start, owner, run_id, ttl, skip_done))
+        dispatch!(self.claim_step(
+            job,
+            step,
+            interval_start,
+            owner,
+            run_id,
+            ttl,
+            skip_done,
+            pool
+        ))
     }
 
     /// Extends every unexpired lease of `owner` to now + `ttl`; returns the (job, step, interval
@@ -1186,14 +1224,16 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            6
+            7
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 6, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 7, "x")
             .unwrap()
             .is_empty());
+        // Both backends are at the same version.
+        assert_eq!(SQLITE_MIGRATIONS.len(), POSTGRES_MIGRATIONS.len());
     }
 }

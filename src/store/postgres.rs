@@ -260,7 +260,7 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 const RUN_COLUMNS: &str = "id, job, interval_start, interval_end, state, \"trigger\", created_at, \
-                           started_at, ended_at";
+                           started_at, ended_at, owner";
 
 fn run_from_row(row: &Row, op: &'static str) -> Result<RunRecord, StoreError> {
     Ok(RunRecord {
@@ -275,6 +275,7 @@ fn run_from_row(row: &Row, op: &'static str) -> Result<RunRecord, StoreError> {
         created_at: get(row, 6, op)?,
         started_at: get(row, 7, op)?,
         ended_at: get(row, 8, op)?,
+        owner: get(row, 9, op)?,
     })
 }
 
@@ -337,6 +338,7 @@ macro_rules! select {
 // After `select!`, which they use.
 mod alerts;
 mod daemon;
+pub mod leader;
 
 impl PgStore {
     /// Connects to `postgres://...[?schema=NAME]`, creates the schema if missing and migrates.

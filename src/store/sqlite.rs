@@ -94,7 +94,7 @@ fn now() -> DateTime<Utc> {
 }
 
 const RUN_COLUMNS: &str = "id, job, interval_start, interval_end, state, \"trigger\", created_at, \
-                           started_at, ended_at";
+                           started_at, ended_at, owner";
 
 fn run_from_row(row: &Row<'_>, op: &'static str) -> Result<RunRecord, StoreError> {
     let e = err(op);
@@ -115,6 +115,7 @@ fn run_from_row(row: &Row<'_>, op: &'static str) -> Result<RunRecord, StoreError
         created_at: parse_ts(&created)?,
         started_at: parse_opt_ts(row.get(7).map_err(&e)?)?,
         ended_at: parse_opt_ts(row.get(8).map_err(&e)?)?,
+        owner: row.get(9).map_err(&e)?,
     })
 }
 

@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::{
-    first, get, run_from_row, stale_duration, with_timeout, PgStore, INTERRUPTED, RUN_COLUMNS,
+    first, get, run_from_row, stale_duration, with_timeout, Lease, PgStore, INTERRUPTED,
+    RUN_COLUMNS,
 };
 use crate::store::{
     Claim, DaemonRecord, DaemonRun, Decision, Interval, LeaseRecord, RequestKind, RequestRecord,
@@ -216,7 +217,7 @@ impl PgStore {
         .await
     }
 
-    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
+    pub async fn take_queued_run(&self, run_id: i64, owner: &str) -> Result<bool, StoreError> {
         const OP: &str = "take_queued_run";
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
@@ -224,8 +225,8 @@ impl PgStore {
                 .execute(
                     OP,
                     "UPDATE runs SET state = 'running', started_at = now(), heartbeat_at = now(), \
-                     ended_at = NULL WHERE id = $1 AND state = 'queued'",
-                    &[&run_id],
+                     ended_at = NULL, owner = $2 WHERE id = $1 AND state = 'queued'",
+                    &[&run_id, &owner],
                 )
                 .await?;
             Ok(n == 1)
@@ -247,9 +248,31 @@ impl PgStore {
                 .map(|r| {
                     Ok(DaemonRun {
                         run: run_from_row(r, OP)?,
-                        request_id: get(r, 9, OP)?,
-                        priority: get(r, 10, OP)?,
+                        request_id: get(r, 10, OP)?,
+                        priority: get(r, 11, OP)?,
                     })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn open_daemon_runs(&self) -> Result<HashMap<String, usize>, StoreError> {
+        const OP: &str = "open_daemon_runs";
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            let rows = c
+                .query(
+                    OP,
+                    "SELECT job, count(*) FROM runs WHERE executor = 'daemon' \
+                     AND state IN ('queued', 'running') AND \"trigger\" <> 'backfill' GROUP BY job",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let n: i64 = get(r, 1, OP)?;
+                    Ok((get(r, 0, OP)?, usize::try_from(n).unwrap_or(0)))
                 })
                 .collect()
         })
@@ -312,94 +335,44 @@ impl PgStore {
         run_id: i64,
         ttl: Duration,
         skip_done: bool,
+        pool: Option<(&str, u32)>,
     ) -> Result<Claim, StoreError> {
         const OP: &str = "claim_step";
         let ttl = micros(ttl);
+        let key = ClaimKey {
+            job,
+            step,
+            interval_start,
+            owner,
+            run_id,
+            ttl,
+            skip_done,
+        };
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
-            loop {
-                // The lease is taken when there is none, when it is the caller's (a renewal,
-                // which keeps acquired_at) or when it expired. The ON CONFLICT ... WHERE judges
-                // the latest committed lease, so of two racing claims one gets no row back.
-                // Only a lease that changes hands (or is new) interrupts the running attempts
-                // left behind: a renewal's attempts are the caller's own. `fresh` tells them
-                // apart: a renewal keeps the earlier acquired_at.
-                let rows = c
-                    .query(
-                        OP,
-                        "WITH done AS ( \
-                             SELECT outputs FROM step_intervals \
-                             WHERE $7::boolean AND job = $1 AND interval_start = $3 \
-                             AND step = $2 AND state = 'success' \
-                         ), claimed AS ( \
-                             INSERT INTO step_leases (job, step, interval_start, owner, run_id, \
-                             acquired_at, expires_at, token) \
-                             SELECT $1, $2, $3, $4, $5, now(), \
-                                    now() + $6::bigint * interval '1 microsecond', \
-                                    nextval('lease_tokens') \
-                             WHERE NOT EXISTS (SELECT 1 FROM done) \
-                             ON CONFLICT (job, interval_start, step) DO UPDATE SET \
-                             owner = EXCLUDED.owner, run_id = EXCLUDED.run_id, \
-                             acquired_at = CASE WHEN step_leases.owner = EXCLUDED.owner \
-                                                 AND step_leases.expires_at > now() \
-                                                THEN step_leases.acquired_at \
-                                                ELSE EXCLUDED.acquired_at END, \
-                             token = CASE WHEN step_leases.owner = EXCLUDED.owner \
-                                           AND step_leases.expires_at > now() \
-                                          THEN step_leases.token ELSE EXCLUDED.token END, \
-                             expires_at = EXCLUDED.expires_at \
-                             WHERE step_leases.owner = EXCLUDED.owner \
-                             OR step_leases.expires_at <= now() \
-                             RETURNING acquired_at = now() AS fresh, token \
-                         ), interrupted AS ( \
-                             UPDATE step_attempts SET state = 'failed', ended_at = now(), \
-                             duration_ms = greatest(0, floor(extract(epoch FROM now() - started_at) \
-                                                             * 1000))::bigint, \
-                             error = coalesce(error, $8) \
-                             WHERE job = $1 AND interval_start = $3 AND step = $2 \
-                             AND state = 'running' AND EXISTS (SELECT 1 FROM claimed WHERE fresh) \
-                             RETURNING 1 \
-                         ) \
-                         SELECT EXISTS (SELECT 1 FROM done), (SELECT outputs FROM done), \
-                                (SELECT token FROM claimed)",
-                        &[
-                            &job,
-                            &step,
-                            &interval_start,
-                            &owner,
-                            &run_id,
-                            &ttl,
-                            &skip_done,
-                            &INTERRUPTED,
-                        ],
-                    )
-                    .await?;
-                let row = first(&rows, OP)?;
-                if get::<bool>(row, 0, OP)? {
-                    return Ok(Claim::Done {
-                        outputs: get(row, 1, OP)?,
-                    });
-                }
-                if let Some(token) = get::<Option<i64>>(row, 2, OP)? {
-                    return Ok(Claim::Acquired { token });
-                }
-                let rows = c
-                    .query(
-                        OP,
-                        "SELECT owner, expires_at FROM step_leases \
-                         WHERE job = $1 AND interval_start = $2 AND step = $3 \
-                         AND owner <> $4 AND expires_at > now()",
-                        &[&job, &interval_start, &step, &owner],
-                    )
-                    .await?;
-                if let Some(row) = rows.first() {
-                    return Ok(Claim::Held {
-                        owner: get(row, 0, OP)?,
-                        expires_at: get(row, 1, OP)?,
-                    });
-                }
-                // The holder released it or its lease expired since: claim again.
+            let Some((pool, size)) = pool else {
+                return claim_on(&mut c, &key, None).await;
+            };
+            // A pool's leases are counted and taken under one lock per pool (held to COMMIT), so
+            // two daemons claiming the pool's last slot never both get it.
+            c.simple(OP, "BEGIN").await?;
+            let lock = format!("cranium.pool:{}:{pool}", self.inner.schema);
+            let result = match c
+                .execute(OP, "SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock])
+                .await
+            {
+                Ok(_) => claim_on(&mut c, &key, Some((pool, i64::from(size)))).await,
+                Err(e) => Err(e),
+            };
+            let result = match result {
+                Ok(v) => c.simple(OP, "COMMIT").await.map(|()| v),
+                Err(e) => Err(e),
+            };
+            if result.is_err() && c.simple(OP, "ROLLBACK").await.is_err() {
+                // Never hand a connection in an unknown transaction state back to the pool.
+                c.ok = false;
             }
+            result
         })
         .await
     }
@@ -727,5 +700,133 @@ impl PgStore {
             rows.iter().map(|r| daemon_from_row(r, OP)).collect()
         })
         .await
+    }
+}
+
+/// What [`PgStore::claim_step`] claims.
+struct ClaimKey<'a> {
+    job: &'a str,
+    step: &'a str,
+    interval_start: DateTime<Utc>,
+    owner: &'a str,
+    run_id: i64,
+    ttl: i64,
+    skip_done: bool,
+}
+
+/// One claim on `c` (inside the pool's transaction when `pool` is given: then a pool with `size`
+/// unexpired leases of other steps is full).
+async fn claim_on(
+    c: &mut Lease<'_>,
+    k: &ClaimKey<'_>,
+    pool: Option<(&str, i64)>,
+) -> Result<Claim, StoreError> {
+    const OP: &str = "claim_step";
+    let (job, step, interval_start, owner, run_id, ttl, skip_done) = (
+        k.job,
+        k.step,
+        k.interval_start,
+        k.owner,
+        k.run_id,
+        k.ttl,
+        k.skip_done,
+    );
+    let (pool_name, pool_size) = (pool.map(|p| p.0), pool.map(|p| p.1));
+    loop {
+        // The lease is taken when there is none, when it is the caller's (a renewal,
+        // which keeps acquired_at) or when it expired. The ON CONFLICT ... WHERE judges
+        // the latest committed lease, so of two racing claims one gets no row back.
+        // Only a lease that changes hands (or is new) interrupts the running attempts
+        // left behind: a renewal's attempts are the caller's own. `fresh` tells them
+        // apart: a renewal keeps the earlier acquired_at.
+        let rows = c
+            .query(
+                OP,
+                "WITH done AS ( \
+                     SELECT outputs FROM step_intervals \
+                     WHERE $7::boolean AND job = $1 AND interval_start = $3 \
+                     AND step = $2 AND state = 'success' \
+                 ), full_pool AS ( \
+                     SELECT 1 FROM step_leases WHERE $9::text IS NOT NULL AND pool = $9 \
+                     AND expires_at > now() \
+                     AND NOT (job = $1 AND interval_start = $3 AND step = $2) \
+                     HAVING count(*) >= $10::bigint \
+                 ), claimed AS ( \
+                     INSERT INTO step_leases (job, step, interval_start, owner, run_id, \
+                     acquired_at, expires_at, token, pool) \
+                     SELECT $1, $2, $3, $4, $5, now(), \
+                            now() + $6::bigint * interval '1 microsecond', \
+                            nextval('lease_tokens'), $9 \
+                     WHERE NOT EXISTS (SELECT 1 FROM done) \
+                     AND NOT EXISTS (SELECT 1 FROM full_pool) \
+                     ON CONFLICT (job, interval_start, step) DO UPDATE SET \
+                     owner = EXCLUDED.owner, run_id = EXCLUDED.run_id, pool = EXCLUDED.pool, \
+                     acquired_at = CASE WHEN step_leases.owner = EXCLUDED.owner \
+                                         AND step_leases.expires_at > now() \
+                                        THEN step_leases.acquired_at \
+                                        ELSE EXCLUDED.acquired_at END, \
+                     token = CASE WHEN step_leases.owner = EXCLUDED.owner \
+                                   AND step_leases.expires_at > now() \
+                                  THEN step_leases.token ELSE EXCLUDED.token END, \
+                     expires_at = EXCLUDED.expires_at \
+                     WHERE step_leases.owner = EXCLUDED.owner \
+                     OR step_leases.expires_at <= now() \
+                     RETURNING acquired_at = now() AS fresh, token \
+                 ), interrupted AS ( \
+                     UPDATE step_attempts SET state = 'failed', ended_at = now(), \
+                     duration_ms = greatest(0, floor(extract(epoch FROM now() - started_at) \
+                                                     * 1000))::bigint, \
+                     error = coalesce(error, $8) \
+                     WHERE job = $1 AND interval_start = $3 AND step = $2 \
+                     AND state = 'running' AND EXISTS (SELECT 1 FROM claimed WHERE fresh) \
+                     RETURNING 1 \
+                 ) \
+                 SELECT EXISTS (SELECT 1 FROM done), (SELECT outputs FROM done), \
+                        (SELECT token FROM claimed), EXISTS (SELECT 1 FROM full_pool)",
+                &[
+                    &job,
+                    &step,
+                    &interval_start,
+                    &owner,
+                    &run_id,
+                    &ttl,
+                    &skip_done,
+                    &INTERRUPTED,
+                    &pool_name,
+                    &pool_size,
+                ],
+            )
+            .await?;
+        let row = first(&rows, OP)?;
+        if get::<bool>(row, 0, OP)? {
+            return Ok(Claim::Done {
+                outputs: get(row, 1, OP)?,
+            });
+        }
+        if let Some(token) = get::<Option<i64>>(row, 2, OP)? {
+            return Ok(Claim::Acquired { token });
+        }
+        let full: bool = get(row, 3, OP)?;
+        let rows = c
+            .query(
+                OP,
+                "SELECT owner, expires_at FROM step_leases \
+                 WHERE job = $1 AND interval_start = $2 AND step = $3 \
+                 AND owner <> $4 AND expires_at > now()",
+                &[&job, &interval_start, &step, &owner],
+            )
+            .await?;
+        if let Some(row) = rows.first() {
+            return Ok(Claim::Held {
+                owner: get(row, 0, OP)?,
+                expires_at: get(row, 1, OP)?,
+            });
+        }
+        if full {
+            return Ok(Claim::Full {
+                pool: pool_name.unwrap_or_default().to_string(),
+            });
+        }
+        // The holder released it or its lease expired since: claim again.
     }
 }

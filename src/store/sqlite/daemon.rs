@@ -219,17 +219,18 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn take_queued_run(&self, run_id: i64) -> Result<bool, StoreError> {
+    pub async fn take_queued_run(&self, run_id: i64, owner: &str) -> Result<bool, StoreError> {
         const OP: &str = "take_queued_run";
+        let owner = owner.to_string();
         self.call(OP, move |conn| {
             let now = ts(now());
             let n = conn
                 .prepare_cached(
                     "UPDATE runs SET state = 'running', started_at = ?2, heartbeat_at = ?2, \
-                     ended_at = NULL WHERE id = ?1 AND state = 'queued'",
+                     ended_at = NULL, owner = ?3 WHERE id = ?1 AND state = 'queued'",
                 )
                 .map_err(err(OP))?
-                .execute(params![run_id, now])
+                .execute(params![run_id, now, owner])
                 .map_err(err(OP))?;
             Ok(n == 1)
         })
@@ -249,9 +250,32 @@ impl SqliteStore {
             while let Some(row) = rows.next().map_err(err(OP))? {
                 out.push(DaemonRun {
                     run: run_from_row(row, OP)?,
-                    request_id: row.get(9).map_err(err(OP))?,
-                    priority: row.get(10).map_err(err(OP))?,
+                    request_id: row.get(10).map_err(err(OP))?,
+                    priority: row.get(11).map_err(err(OP))?,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn open_daemon_runs(&self) -> Result<HashMap<String, usize>, StoreError> {
+        const OP: &str = "open_daemon_runs";
+        self.call(OP, move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job, count(*) FROM runs WHERE executor = 'daemon' \
+                     AND state IN ('queued', 'running') AND \"trigger\" <> 'backfill' GROUP BY job",
+                )
+                .map_err(err(OP))?;
+            let mut rows = stmt.query([]).map_err(err(OP))?;
+            let mut out = HashMap::new();
+            while let Some(row) = rows.next().map_err(err(OP))? {
+                let n: i64 = row.get(1).map_err(err(OP))?;
+                out.insert(
+                    row.get(0).map_err(err(OP))?,
+                    usize::try_from(n).unwrap_or(0),
+                );
             }
             Ok(out)
         })
@@ -327,9 +351,11 @@ impl SqliteStore {
         run_id: i64,
         ttl: Duration,
         skip_done: bool,
+        pool: Option<(&str, u32)>,
     ) -> Result<Claim, StoreError> {
         const OP: &str = "claim_step";
         let (job, step, owner) = (job.to_string(), step.to_string(), owner.to_string());
+        let pool = pool.map(|(p, n)| (p.to_string(), i64::from(n)));
         self.call(OP, move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -378,6 +404,22 @@ impl SqliteStore {
                 }
             }
             let now_s = ts(now);
+            if let Some((name, size)) = &pool {
+                // Counted in this IMMEDIATE transaction: every runner on the store shares the
+                // pool.
+                let used: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM step_leases WHERE pool = ?1 AND expires_at > ?2 \
+                         AND NOT (job = ?3 AND interval_start = ?4 AND step = ?5)",
+                    )
+                    .map_err(err(OP))?
+                    .query_row(params![name, now_s, job, start, step], |r| r.get(0))
+                    .map_err(err(OP))?;
+                if used >= *size {
+                    return Ok(Claim::Full { pool: name.clone() });
+                }
+            }
+            let pool_name = pool.as_ref().map(|p| p.0.clone());
             // A renewal keeps its fencing token; a new holder gets the next one.
             let token: i64 = if renewal {
                 tx.prepare_cached(
@@ -395,9 +437,9 @@ impl SqliteStore {
             };
             tx.prepare_cached(
                 "INSERT INTO step_leases (job, step, interval_start, owner, run_id, acquired_at, \
-                 expires_at, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9) \
+                 expires_at, token, pool) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10) \
                  ON CONFLICT (job, interval_start, step) DO UPDATE SET owner = excluded.owner, \
-                 run_id = excluded.run_id, \
+                 run_id = excluded.run_id, pool = excluded.pool, \
                  acquired_at = CASE WHEN ?8 THEN step_leases.acquired_at \
                                     ELSE excluded.acquired_at END, \
                  expires_at = excluded.expires_at, token = excluded.token",
@@ -412,7 +454,8 @@ impl SqliteStore {
                 now_s,
                 until(ttl),
                 renewal,
-                token
+                token,
+                pool_name
             ])
             .map_err(err(OP))?;
             if !renewal {
