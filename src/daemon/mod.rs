@@ -567,7 +567,14 @@ impl Daemon {
             last_take: None,
             fleet_size: 1,
         };
-        d.take_over_queued(usize::MAX).await?;
+        // Alone on its store it takes every queued run; beside others, only what its slots hold
+        // (the rest is their share).
+        let room = if d.is_fleet() {
+            d.slots.max_running
+        } else {
+            usize::MAX
+        };
+        d.take_over_queued(room).await?;
         Ok(d)
     }
 
