@@ -206,6 +206,7 @@ suite!(
     concurrent_claims_acquire_once,
     pools_are_shared_by_every_runner,
     late_writes_of_a_lost_lease_are_refused,
+    a_run_taken_over_cannot_be_started_late,
     concurrent_decisions_create_one_run,
     alerts_are_throttled_per_channel_and_key,
     due_alerts_and_tries,
@@ -2961,4 +2962,85 @@ async fn late_writes_of_a_lost_lease_are_refused(h: &Harness) {
             .await
             .expect_err("no lease: refused"),
     );
+}
+
+/// A daemon that took a queued run and stalled before starting it (its run went back to the
+/// queue and another daemon finished it) cannot start it late: nothing it would reset is reset.
+async fn a_run_taken_over_cannot_be_started_late(h: &Harness) {
+    let s = &h.store;
+    let iv = hour(0);
+    let run = s
+        .create_daemon_run("j", iv, Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    assert!(s.take_queued_run(run, "d1").await.unwrap());
+    // d1 stalls; its run is re-queued and d2 takes it, starts it and finishes both steps.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(s.requeue_stale(Duration::ZERO).await.unwrap(), [run]);
+    assert!(s.take_queued_run(run, "d2").await.unwrap());
+    assert!(s
+        .start_run(run, Some("d2"), "j", iv, &["a", "b"])
+        .await
+        .unwrap());
+    for step in ["a", "b"] {
+        assert_eq!(
+            s.step_state("j", step, iv.start)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            StepState::Pending
+        );
+        s.set_step_state(
+            run,
+            "j",
+            step,
+            iv,
+            StepState::Success,
+            1,
+            Some(&json!({"n": 1})),
+        )
+        .await
+        .unwrap();
+    }
+
+    // d1 wakes up and starts "its" run: refused, and both records still say success.
+    assert!(!s
+        .start_run(run, Some("d1"), "j", iv, &["a", "b"])
+        .await
+        .unwrap());
+    for step in ["a", "b"] {
+        let rec = s.step_state("j", step, iv.start).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.outputs),
+            (StepState::Success, json!({"n": 1}))
+        );
+    }
+    let r = s.run(run).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.owner.as_deref()),
+        (RunState::Running, Some("d2"))
+    );
+
+    // A step this run finished is done for it even when it reruns everything (skip_done
+    // false); another run rerunning everything takes it.
+    assert!(matches!(
+        s.claim_step("j", "a", iv.start, "d2", run, MINUTE, false, None)
+            .await
+            .unwrap(),
+        Claim::Done { .. }
+    ));
+    let other = s.create_run("j", iv, Trigger::Manual).await.unwrap();
+    assert!(s
+        .claim_step("j", "b", iv.start, "cli", other, MINUTE, false, None)
+        .await
+        .unwrap()
+        .is_acquired());
+
+    // A foreground run (no owner) always starts; an unknown run is an error.
+    assert!(s.start_run(other, None, "j", iv, &["b"]).await.unwrap());
+    assert!(matches!(
+        s.start_run(999_999, None, "j", iv, &[]).await,
+        Err(StoreError::NotFound { what: "run", .. })
+    ));
 }

@@ -684,7 +684,12 @@ impl Daemon {
         }
         let engine = self.engine.clone();
         match engine
-            .prepare(job, interval, &origin.opts, Some(run_id))
+            .prepare(
+                job,
+                interval,
+                &origin.opts,
+                Some((run_id, self.id.as_str())),
+            )
             .await
         {
             Ok(Prepared::Run(run)) => {
@@ -710,6 +715,14 @@ impl Daemon {
                 true
             }
             Ok(Prepared::Nothing(_)) => true,
+            Ok(Prepared::TakenOver { run_id }) => {
+                tracing::warn!(
+                    job,
+                    run_id,
+                    "another daemon took this run over while this one was stalled: it is theirs"
+                );
+                false
+            }
             Err(e) => {
                 tracing::error!(job, run_id, "cannot start the run: {e}");
                 let _ = self.store.set_run_state(run_id, RunState::Failed).await;

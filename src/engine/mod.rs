@@ -359,6 +359,13 @@ impl Engine {
         let mut run = match self.prepare(job_name, interval, opts, None).await? {
             Prepared::Nothing(report) => return Ok(report),
             Prepared::Run(run) => *run,
+            // Only an adopted run can be taken over.
+            Prepared::TakenOver { run_id } => {
+                return Err(EngineError::Store(crate::store::StoreError::NotFound {
+                    what: "run",
+                    id: run_id,
+                }))
+            }
         };
         let mut tasks: JoinSet<StepDone> = JoinSet::new();
         let parallelism = opts.parallelism.max(1);
@@ -390,7 +397,7 @@ impl Engine {
                 continue;
             }
             if tasks.is_empty() {
-                if run.pending() == 0 || cancel.is_cancelled() {
+                if run.pending() == 0 || run.is_lost() || cancel.is_cancelled() {
                     break;
                 }
                 // Waiting for another job's interval, or for a step that another runner holds.

@@ -62,6 +62,9 @@ pub enum Prepared {
     Nothing(RunReport),
     /// A run to execute (recorded as running).
     Run(Box<ActiveRun>),
+    /// The queued run this daemon took was taken over by another daemon before it started (this
+    /// one stalled past the run's heartbeat): nothing was recorded; it is the other's now.
+    TakenOver { run_id: i64 },
 }
 
 /// A step that may start: what [`Engine::execute`] needs.
@@ -92,15 +95,16 @@ pub struct StepDone {
 
 impl Engine {
     /// Decides what a run of `job` for `interval` must do, and records it: a new run (or the
-    /// queued run `adopt`, made earlier by the daemon) set running, with every step to run
-    /// pending. `Nothing` when every selected step already succeeded (and `adopt` is None; an
-    /// adopted run is then finished as a success).
+    /// queued run `adopt` (id, and the daemon that took it), made earlier by the daemon) set
+    /// running, with every step to run pending. `Nothing` when every selected step already
+    /// succeeded (and `adopt` is None; an adopted run is then finished as a success);
+    /// `TakenOver` when the adopted run is no longer this daemon's.
     pub async fn prepare(
         &self,
         job_name: &str,
         interval: Interval,
         opts: &RunOptions,
-        adopt: Option<i64>,
+        adopt: Option<(i64, &str)>,
     ) -> Result<Prepared, EngineError> {
         let started = Instant::now();
         let ji = self.job_index(job_name)?;
@@ -131,7 +135,11 @@ impl Engine {
                 Slot::External {
                     ok: succeeded || opts.ignore_upstream,
                 }
-            } else if succeeded && opts.rerun != Rerun::All {
+            } else if succeeded
+                && (opts.rerun != Rerun::All
+                    || adopt.is_some_and(|(id, _)| rec.and_then(|r| r.run_id) == Some(id)))
+            {
+                // (A run taken over keeps what it finished before, even when it reruns all.)
                 reports.insert(i, StepReport::already_done(&s.id));
                 Slot::Done
             } else {
@@ -152,14 +160,27 @@ impl Engine {
             }));
         }
         let run_id = match adopt {
-            Some(id) => id,
+            Some((id, _)) => id,
             None => {
                 self.store
                     .create_run(job_name, interval, opts.trigger)
                     .await?
             }
         };
-        self.store.set_run_state(run_id, RunState::Running).await?;
+        let pending: Vec<&str> = slots
+            .iter()
+            .zip(&job.steps)
+            .filter(|(slot, _)| matches!(slot, Slot::Pending))
+            .map(|(_, s)| s.id.as_str())
+            .collect();
+        let owner = adopt.map(|(_, owner)| owner);
+        if !self
+            .store
+            .start_run(run_id, owner, job_name, interval, &pending)
+            .await?
+        {
+            return Ok(Prepared::TakenOver { run_id });
+        }
         let heartbeat = CancellationToken::new();
         {
             let store = self.store.clone();
@@ -175,14 +196,6 @@ impl Engine {
                     }
                 }
             });
-        }
-        for (i, slot) in slots.iter().enumerate() {
-            if matches!(slot, Slot::Pending) {
-                let id = &job.steps[i].id;
-                self.store
-                    .set_step_state(run_id, job_name, id, interval, StepState::Pending, 0, None)
-                    .await?;
-            }
         }
         let upstream = (0..n).map(|i| self.upstream_of(job, i)).collect();
         Ok(Prepared::Run(Box::new(ActiveRun {
@@ -301,6 +314,11 @@ impl ActiveRun {
         cancel: &CancellationToken,
         recheck: bool,
     ) -> Result<Vec<usize>, EngineError> {
+        if self.lost {
+            // Another runner has the run now: nothing more is started or recorded here (an
+            // `upstream_failed` written now could overwrite what that runner finished).
+            return Ok(Vec::new());
+        }
         let job = &engine.project.jobs[self.job_index];
         let n = self.slots.len();
         let mut ready = Vec::new();
@@ -486,12 +504,12 @@ impl ActiveRun {
         self.lost
     }
 
-    /// Nothing pending and nothing running.
+    /// Nothing pending and nothing running (or, for a lost run, nothing running: what is
+    /// pending is another runner's to do).
     pub fn is_complete(&self) -> bool {
-        !self
-            .slots
-            .iter()
-            .any(|s| matches!(s, Slot::Pending | Slot::Running))
+        let open =
+            |s: &Slot| matches!(s, Slot::Running) || (!self.lost && matches!(s, Slot::Pending));
+        !self.slots.iter().any(open)
     }
 
     /// Records the end of the run: success when every step succeeded; failed when any did not;

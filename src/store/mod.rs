@@ -691,6 +691,23 @@ impl Store {
         dispatch!(self.set_run_state(run_id, state))
     }
 
+    /// Starts executing run `run_id` in one transaction: the run becomes running and each of
+    /// `pending` gets its interval record set pending (attempt 0, outputs kept). With `owner`
+    /// (a daemon run taken from the queue) this happens only while the run is still running
+    /// under that owner: false, and nothing written, when another daemon took it over
+    /// meanwhile (this one was stalled past the run's heartbeat), so a late start can never
+    /// reset what the other daemon recorded.
+    pub async fn start_run(
+        &self,
+        run_id: i64,
+        owner: Option<&str>,
+        job: &str,
+        interval: Interval,
+        pending: &[&str],
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.start_run(run_id, owner, job, interval, pending))
+    }
+
     /// Upserts the step's record for this interval (state, run, attempt; outputs replaced when
     /// `Some`, kept otherwise; JSON null for a new record without outputs).
     #[allow(clippy::too_many_arguments)]
@@ -938,7 +955,8 @@ impl Store {
     }
 
     /// Claims `step` of the interval starting at `interval_start` for `owner` until now + `ttl`.
-    /// `Done` when its record says success and `skip_done`; `Held` while another owner's lease
+    /// `Done` when its record says success and `skip_done` (or this run recorded it: a run
+    /// taken over from a daemon that stopped does not redo what it finished); `Held` while another owner's lease
     /// has not expired. Taking a lease marks the step's attempts still recorded as running (their
     /// runner is gone: its lease expired) failed with [`INTERRUPTED`]. A claim by the owner of a
     /// lease that has not expired renews it (new expiry and run, `acquired_at` kept) and

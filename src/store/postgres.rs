@@ -525,6 +525,62 @@ impl PgStore {
         .await
     }
 
+    pub async fn start_run(
+        &self,
+        run_id: i64,
+        owner: Option<&str>,
+        job: &str,
+        interval: Interval,
+        pending: &[&str],
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "start_run";
+        let pending: Vec<&str> = pending.to_vec();
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            // One statement: the pending records are written only if the run's row was (its row
+            // lock orders this against a daemon re-queueing the run).
+            let rows = c
+                .query(
+                    OP,
+                    "WITH r AS ( \
+                         UPDATE runs SET state = 'running', started_at = now(), \
+                         heartbeat_at = now(), ended_at = NULL \
+                         WHERE id = $1 AND ($2::text IS NULL OR (owner = $2 AND state = 'running')) \
+                         RETURNING id \
+                     ), p AS ( \
+                         INSERT INTO step_intervals (job, step, interval_start, interval_end, \
+                         state, run_id, attempt, outputs, updated_at) \
+                         SELECT $3, s, $4, $5, 'pending', $1, 0, 'null'::jsonb, now() \
+                         FROM unnest($6::text[]) AS s WHERE EXISTS (SELECT 1 FROM r) \
+                         ON CONFLICT (job, interval_start, step) DO UPDATE SET \
+                         interval_end = EXCLUDED.interval_end, state = EXCLUDED.state, \
+                         run_id = EXCLUDED.run_id, attempt = EXCLUDED.attempt, \
+                         updated_at = EXCLUDED.updated_at \
+                         RETURNING 1 \
+                     ) \
+                     SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM p)",
+                    &[
+                        &run_id,
+                        &owner,
+                        &job,
+                        &interval.start,
+                        &interval.end,
+                        &pending,
+                    ],
+                )
+                .await?;
+            let started: i64 = get(first(&rows, OP)?, 0, OP)?;
+            match (started, owner) {
+                (0, None) => Err(StoreError::NotFound {
+                    what: "run",
+                    id: run_id,
+                }),
+                (n, _) => Ok(n == 1),
+            }
+        })
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn set_step_state(
         &self,

@@ -400,6 +400,71 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn start_run(
+        &self,
+        run_id: i64,
+        owner: Option<&str>,
+        job: &str,
+        interval: Interval,
+        pending: &[&str],
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "start_run";
+        let owner = owner.map(str::to_string);
+        let job = job.to_string();
+        let pending: Vec<String> = pending.iter().map(|s| s.to_string()).collect();
+        self.call(OP, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(OP))?;
+            let now = ts(now());
+            let n = tx
+                .prepare_cached(
+                    "UPDATE runs SET state = 'running', started_at = ?3, heartbeat_at = ?3, \
+                     ended_at = NULL \
+                     WHERE id = ?1 AND (?2 IS NULL OR (owner = ?2 AND state = 'running'))",
+                )
+                .map_err(err(OP))?
+                .execute(params![run_id, owner, now])
+                .map_err(err(OP))?;
+            if n == 0 {
+                return match owner {
+                    Some(_) => Ok(false),
+                    None => Err(StoreError::NotFound {
+                        what: "run",
+                        id: run_id,
+                    }),
+                };
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO step_intervals (job, step, interval_start, interval_end, \
+                         state, run_id, attempt, outputs, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 'null', ?6) \
+                         ON CONFLICT (job, interval_start, step) DO UPDATE SET \
+                         interval_end = excluded.interval_end, state = excluded.state, \
+                         run_id = excluded.run_id, attempt = excluded.attempt, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .map_err(err(OP))?;
+                for step in &pending {
+                    stmt.execute(params![
+                        job,
+                        step,
+                        ts(interval.start),
+                        ts(interval.end),
+                        run_id,
+                        now
+                    ])
+                    .map_err(err(OP))?;
+                }
+            }
+            tx.commit().map_err(err(OP))?;
+            Ok(true)
+        })
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn set_step_state(
         &self,

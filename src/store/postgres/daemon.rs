@@ -744,7 +744,7 @@ async fn claim_on(
                 OP,
                 "WITH done AS ( \
                      SELECT outputs FROM step_intervals \
-                     WHERE $7::boolean AND job = $1 AND interval_start = $3 \
+                     WHERE ($7::boolean OR run_id = $5) AND job = $1 AND interval_start = $3 \
                      AND step = $2 AND state = 'success' \
                  ), full_pool AS ( \
                      SELECT 1 FROM step_leases WHERE $9::text IS NOT NULL AND pool = $9 \

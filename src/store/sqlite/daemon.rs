@@ -361,15 +361,16 @@ impl SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(err(OP))?;
             let start = ts(interval_start);
-            if skip_done {
+            {
                 let sql = format!(
                     "SELECT {STEP_COLUMNS} FROM step_intervals \
-                     WHERE job = ?1 AND interval_start = ?2 AND step = ?3 AND state = 'success'"
+                     WHERE job = ?1 AND interval_start = ?2 AND step = ?3 AND state = 'success' \
+                     AND (?4 OR run_id = ?5)"
                 );
                 let outputs: Option<String> = tx
                     .prepare_cached(&sql)
                     .map_err(err(OP))?
-                    .query_row(params![job, start, step], |r| r.get(7))
+                    .query_row(params![job, start, step, skip_done, run_id], |r| r.get(7))
                     .optional()
                     .map_err(err(OP))?;
                 if let Some(o) = outputs {
