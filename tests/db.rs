@@ -1148,3 +1148,78 @@ fn execute_is_send(c: &mut DbClient, t: &CancellationToken) {
     fn send<T: Send>(_: T) {}
     send(c.execute("", &[], None, t));
 }
+
+/// A pooled connection outlives the runtime that first asked for it: opened and given back under
+/// runtime A, lent to a borrower under runtime B, it keeps working mid-transaction after A is
+/// gone (before, its socket died with A and the borrower's COMMIT failed with "connection
+/// closed"). PostgreSQL and MySQL, each with a pool of one so that B gets A's connection.
+#[test]
+fn pooled_connections_outlive_the_runtime_that_opened_them() {
+    use cranium::db::pool::checkout;
+    for (kind, url, dialect) in [
+        (DbKind::Postgres, pg_url(), Dialect::Postgres),
+        (DbKind::MySql, my_url(), Dialect::MySql),
+    ] {
+        // A URL of its own: a pool of its own.
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = match kind {
+            DbKind::MySql => format!("{url}{sep}prefer_socket=false"),
+            _ => format!(
+                "{url}{sep}application_name=pool_runtime_{}",
+                std::process::id()
+            ),
+        };
+        let new_rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        // A drives its tasks on a thread of its own while B runs (as a test's runtime does
+        // beside another's).
+        let a = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let first_session = a.block_on(async {
+            let mut c = checkout(kind, &url, CONNECT_TIMEOUT, 1, None, &no_cancel())
+                .await
+                .expect("checkout under A");
+            let rows = query(&mut c, session_sql(kind), &[]).await;
+            rows[0]["s"].clone()
+        });
+        let b = new_rt();
+        let t = table("pool_rt");
+        let mut c = b.block_on(async {
+            let mut c = checkout(kind, &url, CONNECT_TIMEOUT, 1, None, &no_cancel())
+                .await
+                .expect("checkout under B");
+            let rows = query(&mut c, session_sql(kind), &[]).await;
+            assert_eq!(
+                rows[0]["s"], first_session,
+                "{kind:?}: B got A's connection"
+            );
+            run(&mut c, dialect, &format!("CREATE TABLE {t} (n int)")).await;
+            c
+        });
+        // A goes away while B holds the connection.
+        drop(a);
+        b.block_on(async {
+            let sql = format!("INSERT INTO {t} VALUES (1); INSERT INTO {t} VALUES (2)");
+            let out = c
+                .run_script(&script(dialect, &sql), true, None, &no_cancel())
+                .await;
+            assert!(out.is_ok(), "{kind:?}: {out:?}");
+            assert_eq!(count(&mut c, &t).await, 2);
+            drop_table(&mut c, dialect, &t).await;
+        });
+    }
+}
+
+fn session_sql(kind: DbKind) -> &'static str {
+    match kind {
+        DbKind::MySql => "SELECT CONNECTION_ID() AS s",
+        _ => "SELECT pg_backend_pid() AS s",
+    }
+}

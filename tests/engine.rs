@@ -232,12 +232,12 @@ steps:
         .expect("run");
     assert!(r.succeeded(), "{r:?}");
     let flaky = r.steps.iter().find(|s| s.step == "flaky").expect("flaky");
-    assert_eq!(flaky.attempts, 3);
     let attempts = e
         .store
         .attempts("j", iv.start, Some("flaky"))
         .await
         .expect("attempts");
+    assert_eq!(flaky.attempts, 3, "{attempts:#?}");
     let states: Vec<StepState> = attempts.iter().map(|a| a.state).collect();
     assert_eq!(
         states,
@@ -247,11 +247,14 @@ steps:
             StepState::Success
         ]
     );
-    assert!(attempts[0]
-        .error
-        .as_deref()
-        .unwrap_or("")
-        .contains("division by zero"));
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("division by zero"),
+        "{attempts:#?}"
+    );
     assert_eq!(state_of(&r, "next"), StepState::Success);
     pg().await
         .batch_execute(&format!("DROP TABLE {t}"))

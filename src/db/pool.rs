@@ -11,6 +11,13 @@
 //! The pools live as long as the process and survive a hot reload of the project (the key is the
 //! kind, the URL and `max_connections`, not the project version; a reload that changes
 //! `max_connections` starts a new pool and the old one is left with its idle connections).
+//!
+//! So do their connections: each is opened on a runtime of the pool's own (see
+//! [`connection_runtime`]), which drives its socket for as long as the process lives. A
+//! connection opened on the runtime of whoever first asked for it would die with that runtime
+//! while another borrower is in the middle of a transaction on it (a `COMMIT` failing with
+//! "connection closed"), which is what happens when several runtimes share the pools (one per
+//! test; a library user's own).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -146,7 +153,16 @@ pub async fn checkout(
             Err(e) => tracing::debug!("a pooled connection could not be reset: {e}"),
         }
     }
-    let c = DbClient::connect(pool.kind, &pool.url, pool.connect_timeout).await?;
+    let (kind, url, timeout) = (pool.kind, pool.url.clone(), pool.connect_timeout);
+    let connect = connection_runtime(&pool.url)?
+        .spawn(async move { DbClient::connect(kind, &url, timeout).await });
+    // Cancellable like the wait above (the connect has its own timeout).
+    let c = tokio::select! {
+        r = connect => r.map_err(|e| {
+            super::connect_error(&pool.url, format!("the connect task failed: {e}"))
+        })??,
+        _ = cancel.cancelled() => return Err(DbError::Cancelled),
+    };
     Ok(Pooled {
         client: Some(c),
         pool,
@@ -158,5 +174,27 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The runtime that opens and drives pooled connections: built on first use, alive as long as
+/// the process (two worker threads; a connection's socket is read and written there, its
+/// queries still run from the borrower's task).
+fn connection_runtime(url: &str) -> Result<&'static tokio::runtime::Runtime, DbError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cranium-db")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match rt {
+        Ok(rt) => Ok(rt),
+        Err(e) => Err(super::connect_error(
+            url,
+            format!("cannot start the connection pool's runtime: {e}"),
+        )),
     }
 }
