@@ -158,10 +158,17 @@ pub(crate) fn parse_time(
 }
 
 fn fmt_interval(iv: &Interval, job: &Job) -> String {
+    use chrono::Timelike;
+    // Seconds only for a schedule with seconds (else two different intervals print alike).
+    let (a, b) = if iv.start.second() == 0 && iv.end.second() == 0 {
+        ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M %Z")
+    } else {
+        ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S %Z")
+    };
     format!(
         "{} .. {}",
-        iv.start_local(job.timezone).format("%Y-%m-%d %H:%M"),
-        iv.end_local(job.timezone).format("%Y-%m-%d %H:%M %Z")
+        iv.start_local(job.timezone).format(a),
+        iv.end_local(job.timezone).format(b)
     )
 }
 
