@@ -28,4 +28,5 @@ pub mod sql;
 pub mod steps;
 pub mod store;
 pub mod template;
+pub mod web;
 pub mod yaml;

@@ -1040,6 +1040,45 @@ pub async fn run_script(
     deadline: Option<Instant>,
     cancel: CancellationToken,
 ) -> Result<ScriptOutcome, LuaError> {
+    let (result, logs) =
+        run_script_keeping_logs(code, chunk_name, ctx, db, limits, deadline, cancel).await;
+    result.map(|o| ScriptOutcome { logs, ..o })
+}
+
+/// [`run_script`], with the lines the script logged whether it succeeded or not (a failed
+/// script's log is what its reader needs most).
+pub async fn run_script_keeping_logs(
+    code: &str,
+    chunk_name: &str,
+    ctx: &ScriptContext,
+    db: Arc<dyn LuaDb>,
+    limits: Limits,
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+) -> (Result<ScriptOutcome, LuaError>, Vec<(LogLevel, String)>) {
+    let sink = Arc::new(LogSink {
+        collect: true,
+        job: ctx.job.clone(),
+        step: ctx.step.clone(),
+        run_id: ctx.run_id.clone(),
+        script: chunk_name.to_string(),
+        state: Mutex::new(LogState::default()),
+    });
+    let result = run_with_sink(code, chunk_name, ctx, db, limits, deadline, cancel, &sink).await;
+    (result, sink.take())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_with_sink(
+    code: &str,
+    chunk_name: &str,
+    ctx: &ScriptContext,
+    db: Arc<dyn LuaDb>,
+    limits: Limits,
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+    sink: &Arc<LogSink>,
+) -> Result<ScriptOutcome, LuaError> {
     if is_bytecode(code) {
         return Err(LuaError::Forbidden {
             what: "bytecode chunks are not allowed".to_string(),
@@ -1049,19 +1088,11 @@ pub async fn run_script(
         return Err(LuaError::Cancelled);
     }
     let guard = Arc::new(Guard::new(limits, deadline, Some(cancel.clone())));
-    let sink = Arc::new(LogSink {
-        collect: true,
-        job: ctx.job.clone(),
-        step: ctx.step.clone(),
-        run_id: ctx.run_id.clone(),
-        script: chunk_name.to_string(),
-        state: Mutex::new(LogState::default()),
-    });
     let fail = |e: mlua::Error| map_error(e, chunk_name, &guard);
 
-    let lua = new_sandbox(&guard, &sink).map_err(fail)?;
+    let lua = new_sandbox(&guard, sink).map_err(fail)?;
     let main = Arc::new(AtomicUsize::new(0));
-    install_api(&lua, &sink, Some((db, main.clone()))).map_err(fail)?;
+    install_api(&lua, sink, Some((db, main.clone()))).map_err(fail)?;
     let ctx_table = build_ctx(&lua, ctx).map_err(fail)?;
     lua.globals()
         .raw_set("ctx", ctx_table.clone())
@@ -1115,7 +1146,7 @@ pub async fn run_script(
     }
     Ok(ScriptOutcome {
         outputs,
-        logs: sink.take(),
+        logs: Vec::new(),
     })
 }
 

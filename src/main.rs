@@ -201,6 +201,14 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         id: Option<String>,
     },
+    /// Serve the dashboard over the metadata store without a daemon (the daemon serves it too,
+    /// on its own address): jobs, runs, logs, lag, validation reports, alerts and requests.
+    #[command(after_help = "Examples:\n  cranium ui\n  cranium ui --listen 127.0.0.1:9000")]
+    Ui {
+        /// Where to serve it (default 127.0.0.1:8282; loopback unless you say otherwise).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// One screen for people: the daemon (up or not), each job's last run, next due time and
     /// state, paused jobs, running steps, open requests.
     #[command(after_help = "Example:\n  cranium status")]
@@ -421,6 +429,7 @@ fn main() -> ExitCode {
         Command::Daemon { listen, id } => {
             commands::daemon::daemon(project, log_format, listen, id, &mut err)
         }
+        Command::Ui { listen } => commands::daemon::ui(project, listen, &mut out, &mut err),
         Command::Status => commands::daemon::status(project, &mut out, &mut err),
         Command::Pause { job } => commands::daemon::pause(project, &job, true, &mut out, &mut err),
         Command::Unpause { job } => {

@@ -88,6 +88,18 @@ pub struct DaemonSettings {
     pub lease_ttl: Duration,
     /// The dashboard's address, for links in alerts.
     pub public_url: Option<String>,
+    /// The token of the dashboard's actions; `None`: the dashboard is read-only.
+    pub auth_token: Option<AuthToken>,
+}
+
+/// The dashboard's token: never printed (`Debug` shows its length only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(pub String);
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthToken(<{} characters>)", self.0.len())
+    }
 }
 
 impl Default for DaemonSettings {
@@ -98,6 +110,7 @@ impl Default for DaemonSettings {
             shutdown_grace: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(30),
             public_url: None,
+            auth_token: None,
         }
     }
 }
@@ -392,6 +405,20 @@ fn build_daemon(
                 "invalid-value",
                 format!("public_url '{u}' must start with http:// or https://"),
             ));
+        }
+    }
+    if let Some(t) = &raw.daemon.auth_token {
+        if t.chars().count() < 16 {
+            out.push(
+                file.error_at_value(
+                    &path.key("auth_token"),
+                    "invalid-value",
+                    "auth_token is too short: anyone could guess it",
+                )
+                .help("use at least 16 random characters, e.g. `openssl rand -hex 24`, from the environment: auth_token: ${CRANIUM_AUTH_TOKEN}"),
+            );
+        } else {
+            d.auth_token = Some(AuthToken(t.clone()));
         }
     }
     d

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use cranium::schedule::Interval;
 use cranium::store::{
-    AlertRecord, AlertState, AttemptResult, Claim, ConsumerLag, Decision, Enqueued, NewAlert,
-    RequestKind, RequestState, RunFilter, RunState, StepState, Store, StoreError, Trigger,
-    INTERRUPTED,
+    AlertRecord, AlertState, AttemptResult, Claim, ConsumerLag, Decision, Enqueued, NewAction,
+    NewAlert, RequestKind, RequestState, RunFilter, RunState, StepState, Store, StoreError,
+    Trigger, INTERRUPTED,
 };
 use serde_json::json;
 
@@ -207,6 +207,8 @@ suite!(
     pools_are_shared_by_every_runner,
     late_writes_of_a_lost_lease_are_refused,
     a_run_taken_over_cannot_be_started_late,
+    dashboard_actions_are_recorded_once_per_nonce,
+    changed_steps_are_read_since_a_moment,
     concurrent_decisions_create_one_run,
     alerts_are_throttled_per_channel_and_key,
     due_alerts_and_tries,
@@ -241,7 +243,7 @@ fn now_micros() -> DateTime<Utc> {
 async fn migrations_are_idempotent(h: &Harness) {
     let sql = "SELECT version || ' ' || applied_at FROM cranium_schema_migrations ORDER BY version";
     let before = h.raw_strings(sql).await;
-    assert_eq!(before.len(), 7, "seven migrations recorded: {before:?}");
+    assert_eq!(before.len(), 8, "eight migrations recorded: {before:?}");
     for (i, m) in before.iter().enumerate() {
         assert!(m.starts_with(&format!("{} ", i + 1)), "{before:?}");
     }
@@ -2755,10 +2757,10 @@ async fn postgres_default_schema_parameter_is_applied() {
         .unwrap()
         .get(0);
     assert_eq!(
-        n, 14,
+        n, 15,
         "runs, step_attempts, step_intervals, consumer_lag, migrations, scheduled_intervals, \
          step_leases, paused_jobs, requests, daemons, alerts, alert_sends, alert_throttle, \
-         sla_alerts"
+         sla_alerts, actions"
     );
 }
 
@@ -3043,4 +3045,83 @@ async fn a_run_taken_over_cannot_be_started_late(h: &Harness) {
         s.start_run(999_999, None, "j", iv, &[]).await,
         Err(StoreError::NotFound { what: "run", .. })
     ));
+}
+
+async fn dashboard_actions_are_recorded_once_per_nonce(h: &Harness) {
+    let s = &h.store;
+    let action = NewAction {
+        nonce: "n-1".into(),
+        who: "ana".into(),
+        action: "pause".into(),
+        job: Some("j".into()),
+        detail: serde_json::json!({"why": "<b>test</b>"}),
+    };
+    let id = s.record_action(&action).await.unwrap().expect("recorded");
+    assert_eq!(
+        s.record_action(&action).await.unwrap(),
+        None,
+        "a second submit"
+    );
+    let other = NewAction {
+        nonce: "n-2".into(),
+        action: "trigger".into(),
+        job: None,
+        ..action.clone()
+    };
+    let id2 = s
+        .record_action(&other)
+        .await
+        .unwrap()
+        .expect("another form");
+    assert!(id2 > id);
+    s.set_action_outcome(id, "done: paused j").await.unwrap();
+    let all = s.actions(0).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].id, id2, "newest first");
+    assert_eq!(
+        (
+            all[1].who.as_str(),
+            all[1].action.as_str(),
+            all[1].job.as_deref()
+        ),
+        ("ana", "pause", Some("j"))
+    );
+    assert_eq!(all[1].detail, serde_json::json!({"why": "<b>test</b>"}));
+    assert_eq!(all[1].outcome.as_deref(), Some("done: paused j"));
+    assert_eq!(all[0].outcome, None);
+    assert_eq!(s.actions(1).await.unwrap().len(), 1);
+}
+
+async fn changed_steps_are_read_since_a_moment(h: &Harness) {
+    let s = &h.store;
+    let run = s.create_run("j", hour(0), Trigger::Manual).await.unwrap();
+    s.set_step_state(run, "j", "a", hour(0), StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let mid = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.set_step_state(run, "j", "b", hour(1), StepState::Success, 1, None)
+        .await
+        .unwrap();
+    let all = s
+        .changed_steps(mid - chrono::Duration::hours(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.step.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let since = s.changed_steps(mid, 100).await.unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(
+        (since[0].step.as_str(), since[0].state),
+        ("b", StepState::Success)
+    );
+    assert_eq!(
+        s.changed_steps(mid - chrono::Duration::hours(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -57,6 +57,9 @@ pub fn daemon(
                 return EXIT_FAILED;
             }
         };
+        // The dashboard, beside /health on the daemon's address.
+        let web = crate::web::Web::new(d.store().clone(), d.engine_watch());
+        let d = d.with_routes(web.router());
         let (stop, force) = (CancellationToken::new(), CancellationToken::new());
         stop_on_signals(stop.clone(), force.clone());
         match d.run(stop, force).await {
@@ -66,6 +69,55 @@ pub fn daemon(
                 EXIT_FAILED
             }
         }
+    })
+}
+
+/// Where `cranium ui` serves by default (the daemon's own address is 8181).
+pub const UI_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8282);
+
+/// `cranium ui [--listen ADDR]`: the dashboard over the store, without a daemon, until
+/// SIGTERM/SIGINT.
+pub fn ui(
+    project: Option<&Path>,
+    listen: Option<std::net::SocketAddr>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let c = match load_runnable(project, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (rt, store) = match runtime_and_store(&c, err) {
+        Ok(pair) => pair,
+        Err(code) => return code,
+    };
+    let addr = listen.unwrap_or_else(|| std::net::SocketAddr::from(UI_LISTEN));
+    rt.block_on(async {
+        let engine = crate::engine::Engine::new(c.project.clone(), c.graph.clone(), store.clone());
+        let (_tx, rx) = tokio::sync::watch::channel(engine);
+        let web = crate::web::Web::new(store, rx);
+        let (stop, force) = (CancellationToken::new(), CancellationToken::new());
+        let server = match crate::web::serve(addr, web, stop.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(err, "error: cannot serve the dashboard on {addr}: {e} (is another process using it? pass --listen)");
+                return EXIT_FAILED;
+            }
+        };
+        let _ = writeln!(
+            out,
+            "dashboard: http://{addr}/ ({}); Ctrl-C stops it",
+            if c.project.daemon.auth_token.is_some() {
+                "actions need daemon.auth_token"
+            } else {
+                "read-only: set daemon.auth_token to allow actions"
+            }
+        );
+        let _ = out.flush();
+        stop_on_signals(stop.clone(), force);
+        stop.cancelled().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        EXIT_OK
     })
 }
 

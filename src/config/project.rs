@@ -64,6 +64,10 @@ pub struct DaemonConfig {
     /// run's page instead of the log file.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The token the dashboard's actions need (write `${CRANIUM_AUTH_TOKEN}`, never the value
+    /// itself): without it the dashboard is read-only.
+    #[serde(default)]
+    pub auth_token: Option<String>,
 }
 
 /// Defaults applied to every job unless the job says otherwise.

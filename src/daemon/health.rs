@@ -6,6 +6,8 @@
 //! * `/health`: everything as JSON (version, store, project and its hash, jobs, last tick,
 //!   running steps, pools, refused reloads).
 //! * `/metrics`: the Prometheus text format ([`super::metrics`]).
+//!
+//! Other routes given by the caller (the dashboard) are served beside these.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -159,15 +161,19 @@ pub async fn serve(
     addr: SocketAddr,
     shared: Shared,
     metrics: super::metrics::Metrics,
+    routes: Option<Router>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .with_state(App { shared, metrics });
+    if let Some(r) = routes {
+        app = app.merge(r);
+    }
     Ok(tokio::spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

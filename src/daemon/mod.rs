@@ -213,6 +213,10 @@ pub struct Daemon {
     probing: Option<tokio::task::JoinHandle<()>>,
     /// The loaded project, for the alert deliverer.
     project_tx: tokio::sync::watch::Sender<Arc<crate::project::Project>>,
+    /// The engine of the loaded project, for what is served beside `/health` (the dashboard).
+    engine_tx: tokio::sync::watch::Sender<Engine>,
+    /// More routes to serve on the health address ([`Daemon::with_routes`]).
+    routes: Option<axum::Router>,
     serve_health: bool,
     listen: Option<std::net::SocketAddr>,
     _lock: Option<lock::StoreLock>,
@@ -473,6 +477,7 @@ impl Daemon {
         // A run whose heartbeat is older than two lease times is taken over by another daemon:
         // it beats well within that.
         engine.heartbeat_every = engine.heartbeat_every.min(engine.lease_ttl / 3);
+        let engine_tx = tokio::sync::watch::Sender::new(engine.clone());
         let metrics = metrics::Metrics::for_daemon(&id);
         engine.notifier = Some(notifier(project.clone(), store.clone(), &metrics));
         // With the SQLite lock held no other daemon can be running: its runs are re-queued now.
@@ -556,6 +561,8 @@ impl Daemon {
             connections_down: Arc::default(),
             probing: None,
             project_tx: tokio::sync::watch::Sender::new(project.clone()),
+            engine_tx,
+            routes: None,
             serve_health: opts.serve_health,
             listen: opts.listen,
             _lock: lock,
@@ -652,6 +659,17 @@ impl Daemon {
     }
 
     /// This daemon's id (in the store's `daemons` table and its leases).
+    /// The engine of the loaded project, updated on every reload.
+    pub fn engine_watch(&self) -> tokio::sync::watch::Receiver<Engine> {
+        self.engine_tx.subscribe()
+    }
+
+    /// Serves `routes` too on the health address (the commands layer adds the dashboard).
+    pub fn with_routes(mut self, routes: axum::Router) -> Daemon {
+        self.routes = Some(routes);
+        self
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -1702,6 +1720,7 @@ impl Daemon {
             self.store.clone(),
         ));
         self.engine = engine;
+        let _ = self.engine_tx.send(self.engine.clone());
         // The alert deliverer sends on the new version's channels.
         let _ = self.project_tx.send(project.clone());
         self.slots.resize(
@@ -1851,6 +1870,7 @@ impl Daemon {
                     addr,
                     self.shared.clone(),
                     self.metrics.clone(),
+                    self.routes.take(),
                     serve_stop.clone(),
                 )
                 .await

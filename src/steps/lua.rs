@@ -81,7 +81,7 @@ impl LuaStep {
         if let Some(n) = self.instruction_limit {
             limits.instructions = n;
         }
-        let result = lua_runtime::run_script(
+        let (result, logs) = lua_runtime::run_script_keeping_logs(
             &code,
             &name,
             &ctx,
@@ -91,22 +91,21 @@ impl LuaStep {
             cx.cancel.clone(),
         )
         .await;
+        // What the script logged goes to the attempt's log, failed or not.
+        for (level, msg) in &logs {
+            let level = match level {
+                LogLevel::Debug => crate::engine::logs::Level::Debug,
+                LogLevel::Info => crate::engine::logs::Level::Info,
+                LogLevel::Warn => crate::engine::logs::Level::Warn,
+                LogLevel::Error => crate::engine::logs::Level::Error,
+            };
+            cx.log.log(level, msg);
+        }
         match result {
-            Ok(outcome) => {
-                for (level, msg) in &outcome.logs {
-                    let level = match level {
-                        LogLevel::Debug => crate::engine::logs::Level::Debug,
-                        LogLevel::Info => crate::engine::logs::Level::Info,
-                        LogLevel::Warn => crate::engine::logs::Level::Warn,
-                        LogLevel::Error => crate::engine::logs::Level::Error,
-                    };
-                    cx.log.log(level, msg);
-                }
-                Ok(StepOutput {
-                    outputs: outcome.outputs,
-                    ..StepOutput::default()
-                })
-            }
+            Ok(outcome) => Ok(StepOutput {
+                outputs: outcome.outputs,
+                ..StepOutput::default()
+            }),
             Err(e) => {
                 let class = match &e {
                     LuaError::Script { .. } => ErrorClass::Data,

@@ -494,6 +494,30 @@ pub struct AlertRecord {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// An action taken in the dashboard, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAction {
+    /// The form's one-time value: a second submit of the same form is not recorded again.
+    pub nonce: String,
+    pub who: String,
+    /// `pause`, `unpause`, `trigger`, `clear`, `backfill`, `cancel`.
+    pub action: String,
+    pub job: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// An action taken in the dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRecord {
+    pub id: i64,
+    pub who: String,
+    pub action: String,
+    pub job: Option<String>,
+    pub detail: serde_json::Value,
+    pub outcome: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Which runs `runs` returns.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -552,6 +576,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "0007_fleet.sql",
         sql: include_str!("migrations/sqlite/0007_fleet.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_actions.sql",
+        sql: include_str!("migrations/sqlite/0008_actions.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -590,6 +619,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "0007_fleet.sql",
         sql: include_str!("migrations/postgres/0007_fleet.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_actions.sql",
+        sql: include_str!("migrations/postgres/0008_actions.sql"),
     },
 ];
 
@@ -1166,6 +1200,31 @@ impl Store {
     ) -> Result<bool, StoreError> {
         dispatch!(self.claim_sla_alert(job, interval_start))
     }
+
+    /// Records an action taken in the dashboard, keyed by its form's nonce: `None` when that
+    /// nonce was used before (a double submit), so the caller does nothing the second time.
+    pub async fn record_action(&self, action: &NewAction) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.record_action(action))
+    }
+
+    /// How the recorded action went (`done: ...` or `failed: ...`).
+    pub async fn set_action_outcome(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
+        dispatch!(self.set_action_outcome(id, outcome))
+    }
+
+    /// The recorded actions, newest first (0 = all).
+    pub async fn actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+        dispatch!(self.actions(limit))
+    }
+
+    /// Step records of every job changed after `since`, oldest change first, at most `limit`.
+    pub async fn changed_steps(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StepIntervalRecord>, StoreError> {
+        dispatch!(self.changed_steps(since, limit))
+    }
 }
 
 /// Range bounds clamped to the years 0000-9999 that both backends store and order correctly
@@ -1242,13 +1301,13 @@ mod tests {
         assert!(pending_migrations(SQLITE_MIGRATIONS, 9999, "x").is_err());
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 0, "x").unwrap().len(),
-            7
+            8
         );
         assert_eq!(
             pending_migrations(SQLITE_MIGRATIONS, 1, "x").unwrap()[0].version,
             2
         );
-        assert!(pending_migrations(SQLITE_MIGRATIONS, 7, "x")
+        assert!(pending_migrations(SQLITE_MIGRATIONS, 8, "x")
             .unwrap()
             .is_empty());
         // Both backends are at the same version.

@@ -337,6 +337,7 @@ macro_rules! select {
 
 // After `select!`, which they use.
 mod alerts;
+mod audit;
 mod daemon;
 pub mod leader;
 

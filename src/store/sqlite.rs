@@ -32,6 +32,7 @@ use super::{
 };
 
 mod alerts;
+mod audit;
 mod daemon;
 
 /// How long a write waits for another process holding the write lock.
