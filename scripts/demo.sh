@@ -19,6 +19,11 @@
 #                   clean stop with SIGTERM
 #  10. fleet        two daemons on one PostgreSQL store (a throwaway schema): one leads, both run steps;
 #                   the leader is SIGKILLed and the other leads within a second; runs show their daemon
+#  11. dashboard    cranium ui over the demo's store: the jobs, the day's grid, the failed verification
+#                   and its rerun, the lag, the validation reports; with --serve it keeps serving
+#                   until Ctrl-C and prints the URL
+#
+# Usage: bash scripts/demo.sh [--serve]
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust, db test), MariaDB on 127.0.0.1:3306 (root, no
 # password, db test), their clients (psql, mariadb), python3. The same URLs as cranium.yaml can be overridden
@@ -28,6 +33,14 @@ cd "$(dirname "$0")/.."
 
 section() { printf '\n======== %s\n' "$*"; }
 die() { echo "demo: $*" >&2; exit 1; }
+
+serve=0
+for arg in "$@"; do
+  case $arg in
+    --serve) serve=1 ;;
+    *) die "unknown argument '$arg' (usage: bash scripts/demo.sh [--serve])" ;;
+  esac
+done
 
 for tool in cargo python3 psql; do
   command -v "$tool" >/dev/null || die "'$tool' is not installed"
@@ -392,5 +405,44 @@ for p in "${fleet_pids[@]}"; do wait "$p" 2>/dev/null || true; done
 fleet_pids=()
 psql_ -At -c "SELECT 'fleet_tick: ' || count(DISTINCT interval_start) || ' intervals, each step once: ' || (count(*) = count(DISTINCT (interval_start, step)))::text FROM analytics.demo_fleet"
 psql_ -c "DROP SCHEMA IF EXISTS $fleet_schema CASCADE" >/dev/null
+
+section "11. dashboard: cranium ui over the demo's store"
+ui_port=${CRANIUM_UI_PORT:-8282}
+ui="http://127.0.0.1:$ui_port"
+echo "\$ cranium ui --listen 127.0.0.1:$ui_port &"
+"$bin" ui --listen "127.0.0.1:$ui_port" >.cranium/ui.log 2>&1 &
+ui_pid=$!
+stop_ui() { kill "$ui_pid" 2>/dev/null || true; stop_daemon; }
+trap stop_ui EXIT
+for _ in $(seq 1 100); do curl -sf "$ui/" -o /dev/null && break; sleep 0.1; done
+page() {  # what one page shows, in a line: its size gzipped, its server time, and a check
+  local path=$1 want=$2 hdr body
+  hdr=$(mktemp) body=$(mktemp)
+  curl -s --compressed -D "$hdr" -o "$body" "$ui$path"
+  local gz; gz=$(curl -s -H 'Accept-Encoding: gzip' "$ui$path" | wc -c)
+  local ms; ms=$(tr -d '\r' <"$hdr" | sed -n 's/^server-timing: app;dur=//Ip')
+  grep -q -- "$want" "$body" || die "the dashboard's $path does not show '$want'"
+  printf '  %-62s %6.1f KB gzipped, %5s ms on the server: shows %s\n' "$path" "$(python3 -c "print($gz / 1024)")" "$ms" "$want"
+  rm -f "$hdr" "$body"
+}
+page "/?until=$NEXT" "verify_daily"
+page "/jobs/events_hourly?until=$NEXT&n=100" '<svg class="grid"'
+page "/jobs/verify_daily/intervals/${DAY}T00:00:00Z" "failed"
+page "/validation?until=$NEXT" "Earlier attempts"
+page "/lag" "Consumer lag"
+page "/alerts" "<h1>Alerts</h1>"
+if [[ $serve == 1 ]]; then
+  echo
+  echo "The dashboard of the demo's day: $ui/?until=$NEXT"
+  echo "  events_hourly's grid:     $ui/jobs/events_hourly?until=$NEXT"
+  echo "  the failed verification:  $ui/jobs/verify_daily/intervals/${DAY}T00:00:00Z"
+  echo "  validation reports:       $ui/validation?until=$NEXT"
+  echo "Serving until Ctrl-C (read-only: set daemon.auth_token to act from it)."
+  wait "$ui_pid" || true
+else
+  kill "$ui_pid" 2>/dev/null || true
+  wait "$ui_pid" 2>/dev/null || true
+  echo "  (bash scripts/demo.sh --serve keeps it running and prints the URL)"
+fi
 
 echo "demo: done in $(( $(date +%s) - started ))s after the build"

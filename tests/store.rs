@@ -208,6 +208,7 @@ suite!(
     late_writes_of_a_lost_lease_are_refused,
     a_run_taken_over_cannot_be_started_late,
     dashboard_actions_are_recorded_once_per_nonce,
+    consumer_lag_is_kept_over_time,
     changed_steps_are_read_since_a_moment,
     concurrent_decisions_create_one_run,
     alerts_are_throttled_per_channel_and_key,
@@ -2757,10 +2758,10 @@ async fn postgres_default_schema_parameter_is_applied() {
         .unwrap()
         .get(0);
     assert_eq!(
-        n, 15,
+        n, 16,
         "runs, step_attempts, step_intervals, consumer_lag, migrations, scheduled_intervals, \
          step_leases, paused_jobs, requests, daemons, alerts, alert_sends, alert_throttle, \
-         sla_alerts, actions"
+         sla_alerts, actions, consumer_lag_history"
     );
 }
 
@@ -3124,4 +3125,41 @@ async fn changed_steps_are_read_since_a_moment(h: &Harness) {
             .len(),
         1
     );
+}
+
+async fn consumer_lag_is_kept_over_time(h: &Harness) {
+    let at = |secs: i64| {
+        DateTime::from_timestamp(Utc::now().timestamp() - 3600 + secs, 0).expect("time")
+    };
+    let row = |p: i32, lag: i64, secs: i64| ConsumerLag {
+        job: "events_hourly".into(),
+        step: "extract".into(),
+        topic: "app_events".into(),
+        partition: p,
+        committed_offset: 0,
+        end_offset: lag,
+        lag,
+        run_id: None,
+        recorded_at: at(secs),
+    };
+    h.store
+        .record_consumer_lag(&[row(0, 10, 0), row(1, 5, 0)])
+        .await
+        .unwrap();
+    h.store
+        .record_consumer_lag(&[row(0, 2, 60), row(1, 0, 60)])
+        .await
+        .unwrap();
+    let hist = h.store.lag_history(at(-10)).await.unwrap();
+    let got: Vec<(i64, i64)> = hist
+        .iter()
+        .map(|s| (s.recorded_at.timestamp() - at(0).timestamp(), s.lag))
+        .collect();
+    assert_eq!(got, [(0, 15), (60, 2)], "partitions summed, oldest first");
+    assert!(hist
+        .iter()
+        .all(|s| s.job == "events_hourly" && s.step == "extract"));
+    assert_eq!(h.store.lag_history(at(30)).await.unwrap().len(), 1);
+    // The latest value per partition is still one row each.
+    assert_eq!(h.store.consumer_lag(None).await.unwrap().len(), 2);
 }

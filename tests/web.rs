@@ -431,6 +431,27 @@ async fn actions_need_the_token_and_the_same_origin_and_act_once() {
         ["publish", "transform"],
         "transform and its downstream were cleared"
     );
+    // A range: at most 1,000 intervals; `only=failed` clears only where a step failed.
+    let (_, _, loc) = post(
+        &web,
+        "/jobs/web_demo/clear",
+        "nonce=form-3b&from=2026-01-01&to=2026-03-01",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert!(loc.unwrap_or_default().contains("clear%20at%20most%201000"));
+    let (_, _, loc) = post(
+        &web,
+        "/jobs/web_demo/clear",
+        "nonce=form-3c&from=2026-01-01&to=2026-01-02&only=failed",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    let loc = loc.unwrap_or_default();
+    assert!(
+        loc.contains("in%20the%200%20interval"),
+        "nothing failed any more: {loc}"
+    );
     let (_, _, loc) = post(
         &web,
         "/jobs/web_demo/backfill",
@@ -471,13 +492,29 @@ async fn actions_need_the_token_and_the_same_origin_and_act_once() {
             ("pause", "ana"),
             ("trigger", "token"),
             ("clear", "token"),
+            ("clear", "token"),
+            ("clear", "token"),
             ("backfill", "token"),
             ("cancel", "token")
         ]
     );
-    assert!(actions
+    let outcomes: Vec<&str> = actions
         .iter()
-        .all(|a| a.outcome.as_deref().is_some_and(|o| o.starts_with("done:"))));
+        .rev()
+        .map(|a| {
+            a.outcome
+                .as_deref()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["done", "done", "done", "failed", "done", "done", "done"],
+        "the refused range is recorded as failed, with its reason"
+    );
     let (_, audit) = get(&web, "/audit").await;
     assert!(audit.contains("ana") && audit.contains("cleared 2 step"));
 }

@@ -494,6 +494,18 @@ pub struct AlertRecord {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// How long consumer lag samples are kept.
+pub const LAG_HISTORY_DAYS: i64 = 30;
+
+/// A step's consumer lag (over all its topic partitions) when it was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LagSample {
+    pub job: String,
+    pub step: String,
+    pub recorded_at: DateTime<Utc>,
+    pub lag: i64,
+}
+
 /// An action taken in the dashboard, to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAction {
@@ -1215,6 +1227,12 @@ impl Store {
     /// The recorded actions, newest first (0 = all).
     pub async fn actions(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
         dispatch!(self.actions(limit))
+    }
+
+    /// Each `kafka_to_s3` step's total lag at every recording since `since` (its partitions
+    /// summed per second), oldest first; samples are kept [`LAG_HISTORY_DAYS`] days.
+    pub async fn lag_history(&self, since: DateTime<Utc>) -> Result<Vec<LagSample>, StoreError> {
+        dispatch!(self.lag_history(since))
     }
 
     /// Step records of every job changed after `since`, oldest change first, at most `limit`.

@@ -911,13 +911,17 @@ impl PgStore {
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
             for r in rows {
+                // The latest value and a sample of the history, in one statement.
                 c.execute(
                     OP,
-                    "INSERT INTO consumer_lag (job, step, topic, \"partition\", committed_offset, \
-                     end_offset, lag, run_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                    "WITH latest AS (INSERT INTO consumer_lag (job, step, topic, \"partition\", \
+                     committed_offset, end_offset, lag, run_id, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (job, step, topic, \"partition\") DO UPDATE SET \
                      committed_offset = EXCLUDED.committed_offset, end_offset = EXCLUDED.end_offset, \
-                     lag = EXCLUDED.lag, run_id = EXCLUDED.run_id, recorded_at = EXCLUDED.recorded_at",
+                     lag = EXCLUDED.lag, run_id = EXCLUDED.run_id, recorded_at = EXCLUDED.recorded_at) \
+                     INSERT INTO consumer_lag_history (job, step, topic, \"partition\", lag, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $7, $9)",
                     &[
                         &r.job,
                         &r.step,
@@ -932,6 +936,12 @@ impl PgStore {
                 )
                 .await?;
             }
+            c.execute(
+                OP,
+                "DELETE FROM consumer_lag_history WHERE recorded_at < now() - make_interval(days => $1)",
+                &[&(super::LAG_HISTORY_DAYS as i32)],
+            )
+            .await?;
             Ok(())
         })
         .await

@@ -822,6 +822,20 @@ impl SqliteStore {
                     ])
                     .map_err(err(OP))?;
                 }
+                let mut hist = tx
+                    .prepare_cached(
+                        "INSERT INTO consumer_lag_history (job, step, topic, \"partition\", lag, \
+                         recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(err(OP))?;
+                for r in &rows {
+                    hist.execute(params![r.job, r.step, r.topic, r.partition, r.lag, ts(r.recorded_at)])
+                        .map_err(err(OP))?;
+                }
+                tx.prepare_cached("DELETE FROM consumer_lag_history WHERE recorded_at < ?1")
+                    .map_err(err(OP))?
+                    .execute([ts(now() - chrono::TimeDelta::days(super::LAG_HISTORY_DAYS))])
+                    .map_err(err(OP))?;
             }
             tx.commit().map_err(err(OP))
         })

@@ -1,7 +1,7 @@
 //! Live state over Server-Sent Events: one connection per page, no polling per run.
 //!
 //! One poller per dashboard reads what changed in the store (`changed_steps`, an index on
-//! `updated_at`) twice a second while anyone is listening, and broadcasts each change; every
+//! `updated_at`) four times a second while anyone is listening, and broadcasts each change; every
 //! page's `/events?job=JOB` stream passes on the changes of the jobs it shows. The browser's
 //! native `EventSource` reconnects by itself.
 
@@ -22,7 +22,7 @@ use super::Web;
 use crate::store::Store;
 
 /// How often the poller looks while someone listens.
-const POLL_EVERY: Duration = Duration::from_millis(500);
+const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How far back each look reaches, so a change committed with a slightly older time (another
 /// process's clock, a long transaction) is not missed; changes seen already are not sent again.
 const OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(5);

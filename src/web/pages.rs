@@ -789,8 +789,32 @@ pub async fn lag(
         })
         .collect();
     let total: i64 = rows.iter().map(|r| r.lag).sum();
+    // Each step's total lag over the last week, as a line.
+    let mut history: BTreeMap<(String, String), Vec<svg::Point>> = BTreeMap::new();
+    for s in web
+        .store()
+        .lag_history(Utc::now() - TimeDelta::days(7))
+        .await?
+    {
+        history
+            .entry((s.job, s.step))
+            .or_default()
+            .push((s.recorded_at, s.lag as f64));
+    }
+    let charts: Vec<_> = history
+        .into_iter()
+        .map(|((job, step), points)| {
+            minijinja::context! {
+                job => job,
+                step => step,
+                samples => points.len(),
+                chart => minijinja::Value::from_safe_string(svg::lag_line(&points)),
+            }
+        })
+        .collect();
     let ctx = minijinja::context! {
         rows => ser(rows),
+        charts => charts,
         total => total,
         ..base_ctx(&web, &headers, &q, "lag", "Lag".into(), tz)
     };
@@ -814,6 +838,8 @@ struct Report {
     missing: Vec<String>,
     extra: Vec<String>,
     href: String,
+    /// The step's attempts for the interval before the one reported, newest first.
+    earlier: Vec<AttemptView>,
 }
 
 fn show(v: &serde_json::Value) -> String {
@@ -847,7 +873,7 @@ pub async fn validation(
 ) -> Result<Response, WebError> {
     let tz = page_tz(&q)?;
     let engine = web.engine();
-    let now = Utc::now();
+    let now = window_end(&q)?;
     let mut reports = Vec::new();
     for j in &engine.project.jobs {
         let vsteps: Vec<&str> = j
@@ -933,7 +959,14 @@ pub async fn validation(
                         .collect()
                 })
                 .unwrap_or_default();
+            // The attempts before the latest: a mismatch, then the rerun that fixed it.
+            let attempts = web
+                .store()
+                .attempts(&j.name, r.interval.start, Some(&r.step))
+                .await?;
+            let earlier = attempts.iter().rev().skip(1).map(attempt_view).collect();
             reports.push(Report {
+                earlier,
                 job: j.name.clone(),
                 step: r.step.clone(),
                 start: iso(r.interval.start),
@@ -955,6 +988,7 @@ pub async fn validation(
     }
     let ctx = minijinja::context! {
         reports => ser(reports),
+        until => q.get("until"),
         ..base_ctx(&web, &headers, &q, "validation", "Validation".into(), tz)
     };
     Ok(web.render("validation.html", ctx)?.into_response())

@@ -430,16 +430,45 @@ pub fn gantt(bars: &[Bar]) -> String {
     out
 }
 
-/// Run durations over time, as a line (oldest on the left).
+/// A value at a time, for the line charts.
+pub type Point = (DateTime<Utc>, f64);
+
+/// Run durations (seconds) over time, as a line (oldest on the left).
 pub fn durations(points: &[(DateTime<Utc>, f64)]) -> String {
+    line(
+        points,
+        "durations",
+        "run durations over time",
+        "no finished runs yet",
+        |max| fmt_ms((max * 1000.0) as i64),
+    )
+}
+
+/// Consumer lag (records) over time, as a line.
+pub fn lag_line(points: &[(DateTime<Utc>, f64)]) -> String {
+    line(
+        points,
+        "lag",
+        "consumer lag over time",
+        "no samples yet",
+        |max| format!("{max:.0} records"),
+    )
+}
+
+fn line(
+    points: &[(DateTime<Utc>, f64)],
+    class: &str,
+    label: &str,
+    empty: &str,
+    fmt_max: impl Fn(f64) -> String,
+) -> String {
     let (w, h, pad) = (900.0, 120.0, 30.0);
     let mut out = format!(
-        "<svg class=\"durations\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" \
-         height=\"{h:.0}\" viewBox=\"0 0 {w:.0} {h:.0}\" role=\"img\" aria-label=\"run \
-         durations over time\">"
+        "<svg class=\"{class} line-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" \
+         height=\"{h:.0}\" viewBox=\"0 0 {w:.0} {h:.0}\" role=\"img\" aria-label=\"{label}\">"
     );
     if points.is_empty() {
-        out.push_str("<text x=\"10\" y=\"20\">no finished runs yet</text></svg>");
+        let _ = write!(out, "<text x=\"10\" y=\"20\">{empty}</text></svg>");
         return out;
     }
     let max = points.iter().map(|p| p.1).fold(0.0f64, f64::max).max(0.001);
@@ -454,7 +483,7 @@ pub fn durations(points: &[(DateTime<Utc>, f64)]) -> String {
         out,
         "<text x=\"2\" y=\"12\">{}</text><text x=\"2\" y=\"{:.0}\">0</text>\
          <path class=\"line\" d=\"{d}\"/></svg>",
-        fmt_ms((max * 1000.0) as i64),
+        esc(&fmt_max(max)),
         h - 4.0
     );
     out

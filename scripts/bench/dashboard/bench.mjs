@@ -26,7 +26,7 @@ if (columns !== 1000) throw new Error(`the grid has ${columns} columns, not 1000
 const box = await page.locator("svg.grid").boundingBox();
 const clicks = [];
 for (let i = 0; i < 20; i++) {
-  const col = 3 + i * 7, row = i % steps;
+  const col = 3 + i * 5, row = i % steps; // within the visible part of the grid
   await page.locator("svg.grid").scrollIntoViewIfNeeded();
   const b = await page.locator("svg.grid").boundingBox();
   const x = b.x + 180 + col * 10 + 4, y = b.y + 18 + row * 16 + 6;
@@ -49,9 +49,10 @@ import sqlite3, sys, time, datetime
 db = sqlite3.connect(sys.argv[1], timeout=10)
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 db.execute("UPDATE step_intervals SET state = 'running', updated_at = ? WHERE job = 'job_00' AND step = ? AND interval_start = ?", (now, sys.argv[2], sys.argv[3]))
+if db.total_changes != 1: sys.exit("no such step record: " + sys.argv[3])
 db.commit()
 print(int(time.time() * 1000))
-`, db, step, newest]).toString().trim();
+`, db, step, newest.replace("Z", ".000000Z")]).toString().trim();
   const committed = Number(out);
   await page.waitForSelector(`svg.grid g.live rect[data-cell='c0-${r}'].s-running`, { timeout: 10e3 });
   lives.push(Date.now() - committed);

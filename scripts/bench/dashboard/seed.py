@@ -75,7 +75,7 @@ for j in range(jobs):
             t = end
         runs.append((run_id, name(j), ts(s0), ts(s1), state, "schedule", ts(began), ts(began), ts(t), ts(t), "daemon", 0))
         if j == 0 and i == intervals - 1:
-            big_log = (log, s0)
+            big_log = (f".cranium/logs/{name(j)}/{s0.strftime('%Y%m%dT%H%M%SZ')}/step_00/run-{run_id}-attempt-1.log", s0)
     db.executemany("INSERT INTO runs (id, job, interval_start, interval_end, state, \"trigger\", created_at, started_at, ended_at, heartbeat_at, executor, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", runs)
     db.executemany("INSERT INTO step_intervals (job, step, interval_start, interval_end, state, run_id, attempt, outputs, updated_at) VALUES (?,?,?,?,?,?,?,?,?)", recs)
     db.executemany("INSERT INTO step_attempts (id, run_id, job, step, interval_start, interval_end, attempt, state, started_at, ended_at, duration_ms, error, rows_affected, bytes, log_path, outputs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", atts)

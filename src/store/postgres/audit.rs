@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 
 use super::daemon::limit_param;
 use super::{get, step_from_row, with_timeout, PgStore, STEP_COLUMNS};
-use crate::store::{clamp_bound, ActionRecord, NewAction, StepIntervalRecord, StoreError};
+use crate::store::{
+    clamp_bound, ActionRecord, LagSample, NewAction, StepIntervalRecord, StoreError,
+};
 
 impl PgStore {
     pub async fn record_action(&self, a: &NewAction) -> Result<Option<i64>, StoreError> {
@@ -88,6 +90,34 @@ impl PgStore {
             );
             let rows = c.query(OP, sql, &[&since, &limit]).await?;
             rows.iter().map(|r| step_from_row(r, OP)).collect()
+        })
+        .await
+    }
+
+    pub async fn lag_history(&self, since: DateTime<Utc>) -> Result<Vec<LagSample>, StoreError> {
+        const OP: &str = "lag_history";
+        let since = clamp_bound(since);
+        with_timeout(OP, async {
+            let mut c = self.lease(OP).await?;
+            let rows = c
+                .query(
+                    OP,
+                    "SELECT job, step, date_trunc('second', recorded_at) AS at, sum(lag)::bigint \
+                     FROM consumer_lag_history WHERE recorded_at >= $1 GROUP BY job, step, at \
+                     ORDER BY job, step, at",
+                    &[&since],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LagSample {
+                        job: get(r, 0, OP)?,
+                        step: get(r, 1, OP)?,
+                        recorded_at: get(r, 2, OP)?,
+                        lag: get(r, 3, OP)?,
+                    })
+                })
+                .collect()
         })
         .await
     }

@@ -6,7 +6,9 @@ use rusqlite::{params, OptionalExtension};
 
 use super::STEP_COLUMNS;
 use super::{err, now, parse_json, parse_ts, step_from_row, to_json, ts, SqliteStore};
-use crate::store::{clamp_bound, ActionRecord, NewAction, StepIntervalRecord, StoreError};
+use crate::store::{
+    clamp_bound, ActionRecord, LagSample, NewAction, StepIntervalRecord, StoreError,
+};
 
 impl SqliteStore {
     pub async fn record_action(&self, a: &NewAction) -> Result<Option<i64>, StoreError> {
@@ -98,6 +100,34 @@ impl SqliteStore {
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(err(OP))? {
                 out.push(step_from_row(row, OP)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn lag_history(&self, since: DateTime<Utc>) -> Result<Vec<LagSample>, StoreError> {
+        const OP: &str = "lag_history";
+        let since = ts(clamp_bound(since));
+        self.call(OP, move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job, step, substr(recorded_at, 1, 19) || '.000000Z' AS at, sum(lag) \
+                     FROM consumer_lag_history WHERE recorded_at >= ?1 GROUP BY job, step, at \
+                     ORDER BY job, step, at",
+                )
+                .map_err(err(OP))?;
+            let mut rows = stmt.query([since]).map_err(err(OP))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(err(OP))? {
+                let e = err(OP);
+                let at: String = r.get(2).map_err(&e)?;
+                out.push(LagSample {
+                    job: r.get(0).map_err(&e)?,
+                    step: r.get(1).map_err(&e)?,
+                    recorded_at: parse_ts(&at)?,
+                    lag: r.get(3).map_err(&e)?,
+                });
             }
             Ok(out)
         })

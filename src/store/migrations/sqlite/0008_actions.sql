@@ -13,3 +13,15 @@ CREATE TABLE actions (
 
 -- The dashboard's live updates read what changed since their last look.
 CREATE INDEX step_intervals_updated ON step_intervals (updated_at);
+
+-- Consumer lag over time: a sample per topic partition each time it is recorded (after every
+-- kafka_to_s3 run), kept 30 days, for the dashboard's lag page.
+CREATE TABLE consumer_lag_history (
+    job         TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    "partition" INTEGER NOT NULL,
+    lag         INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX consumer_lag_history_at ON consumer_lag_history (recorded_at);
