@@ -14,7 +14,17 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::steps::kafka_to_s3::Format;
+/// How an object's JSON lines are stored: the lake layout owns its formats (the steps that write and
+/// read objects name them in their config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    #[serde(rename = "jsonl.gz")]
+    JsonlGz,
+    #[serde(rename = "jsonl.zst")]
+    JsonlZst,
+    #[serde(rename = "jsonl")]
+    Jsonl,
+}
 
 impl Format {
     /// The file-name extension, without the leading dot.
@@ -206,7 +216,12 @@ impl ObjectWriter {
                 buf,
                 flate2::Compression::new(level.clamp(1, 9)),
             )),
-            Format::JsonlZst => Encoder::Zst(zstd::Encoder::new(buf, level.clamp(1, 19) as i32)?),
+            Format::JsonlZst => {
+                let mut e = zstd::Encoder::new(buf, level.clamp(1, 19) as i32)?;
+                // A frame checksum: a flipped byte in storage is an error on read, not bad data.
+                e.include_checksum(true)?;
+                Encoder::Zst(e)
+            }
             Format::Jsonl => Encoder::Plain(buf),
         };
         Ok(ObjectWriter {

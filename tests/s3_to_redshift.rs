@@ -497,3 +497,150 @@ async fn the_redshift_dialect_writes_its_manifest_and_rolls_back_a_failed_copy()
         .await
         .expect("clean");
 }
+
+/// Corrupt objects in the lake: each is an error naming the object (and the line, where there is
+/// one) with what is wrong, the load writes nothing, and memory stays bounded (a 200 MB line is
+/// refused at the line limit, not read whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_objects_are_errors_naming_the_object_and_line_and_load_nothing() {
+    let t = unique("corrupt");
+    let db = pg().await;
+    db.batch_execute(&format!("CREATE TABLE public.{t} (id int, v text)"))
+        .await
+        .expect("pg");
+    let (s3c, bucket) = s3();
+    let good: Vec<String> = (0..2000)
+        .map(|i| format!(r#"{{"id": {i}, "v": "row {i} of a batch"}}"#))
+        .collect();
+    let good_refs: Vec<&str> = good.iter().map(String::as_str).collect();
+    let truncated = {
+        let full = gz(&good_refs);
+        full.slice(..full.len() / 2)
+    };
+    // As cranium writes zstd: with a frame checksum.
+    let zst = || {
+        let mut e = zstd::Encoder::new(Vec::new(), 3).expect("zstd");
+        e.include_checksum(true).expect("checksum");
+        e.write_all(good.join("\n").as_bytes()).expect("zstd");
+        e.finish().expect("zstd")
+    };
+    let bad_header = {
+        let mut z = zst();
+        z[0] ^= 0xff;
+        bytes::Bytes::from(z)
+    };
+    let flipped = {
+        let mut z = zst();
+        let n = z.len();
+        for b in &mut z[n / 3..n / 3 + 64] {
+            *b ^= 0x5a;
+        }
+        bytes::Bytes::from(z)
+    };
+    let deep = format!(
+        "{{\"id\": 1, \"v\": {}{}}}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let long = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b"{\"id\": 1, \"v\": \"").expect("gz");
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            e.write_all(&chunk).expect("gz");
+        }
+        e.write_all(b"\"}\n").expect("gz");
+        bytes::Bytes::from(e.finish().expect("gz"))
+    };
+    let decompress = "cannot decompress the object";
+    let cases: Vec<(&str, bytes::Bytes, &str, &str)> = vec![
+        ("truncated.jsonl.gz", truncated, "line", decompress),
+        (
+            "bad-header.jsonl.zst",
+            bad_header,
+            "line 1",
+            "Unknown frame descriptor",
+        ),
+        (
+            "flipped-bytes.jsonl.zst",
+            flipped,
+            "line",
+            "doesn't match checksum",
+        ),
+        (
+            "utf8.jsonl",
+            bytes::Bytes::from(
+                &b"{\"id\": 1, \"v\": \"ok\"}\n{\"id\": 2, \"v\": \"\xff\xfe\"}\n"[..],
+            ),
+            "line 2",
+            "not valid JSON: invalid unicode",
+        ),
+        (
+            "nul-escaped.jsonl",
+            bytes::Bytes::from(&b"{\"id\": 1, \"v\": \"a\\u0000b\"}\n"[..]),
+            "line 1",
+            "column v: text cannot contain the character NUL",
+        ),
+        (
+            "nul-raw.jsonl",
+            bytes::Bytes::from(&b"{\"id\": 1, \"v\": \"a\x00b\"}\n"[..]),
+            "line 1",
+            "not valid JSON: control character",
+        ),
+        (
+            "deep.jsonl",
+            bytes::Bytes::from(deep),
+            "line 1",
+            "recursion limit exceeded",
+        ),
+        (
+            "long.jsonl.gz",
+            long,
+            "line 1",
+            "the line is longer than 16 MiB",
+        ),
+    ];
+    for (name, body, at, what) in cases {
+        let prefix = unique("cranium-tests/corrupt");
+        let key = format!("{prefix}/{name}");
+        let format = if name.ends_with(".gz") {
+            "jsonl.gz"
+        } else if name.ends_with(".zst") {
+            "jsonl.zst"
+        } else {
+            "jsonl"
+        };
+        s3c.put(&bucket, &key, body, "application/octet-stream")
+            .await
+            .expect("put");
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = setup(
+            dir.path(),
+            &format!(
+                "  - id: load\n    kind: s3_to_redshift\n    connection: warehouse\n    s3: lake\n    source:\n      prefix: {prefix}/\n    format: {format}\n    target: public.{t}\n    retries: 0\n"
+            ),
+        )
+        .await;
+        let r = run(&e, day("2026-03-01")).await;
+        assert_eq!(state(&r, "load"), StepState::Failed, "{name}: {r:?}");
+        let err = r.steps[0].error.clone().unwrap_or_default();
+        assert!(
+            err.contains(&format!("s3://{bucket}/{key} {at}")) && err.contains(what),
+            "{name}: the error names the object, {at} and '{what}': {err}"
+        );
+        if what == decompress {
+            assert!(err.contains("truncated or corrupt"), "{err}");
+        }
+        assert_eq!(
+            pg_count(&format!("SELECT count(*) FROM public.{t}")).await,
+            0,
+            "{name}: nothing loaded"
+        );
+        s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+            .await
+            .expect("clean");
+    }
+    db.batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+}

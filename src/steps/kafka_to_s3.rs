@@ -38,16 +38,8 @@ use crate::s3::S3Client;
 use super::{CheckCx, Step};
 use crate::config::{ByteSize, ConnectionKind, HumanDuration, OneOrMany};
 
-/// Object format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Format {
-    #[serde(rename = "jsonl.gz")]
-    JsonlGz,
-    #[serde(rename = "jsonl.zst")]
-    JsonlZst,
-    #[serde(rename = "jsonl")]
-    Jsonl,
-}
+/// The object formats are the lake's ([`crate::lake::Format`]); re-exported for the step's config.
+pub use crate::lake::Format;
 
 /// Where a run stops reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

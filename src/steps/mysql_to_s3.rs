@@ -23,9 +23,10 @@ use super::{CheckCx, ErrorClass, RunCx, Step, StepError, StepOutput, TextOrigin}
 use crate::config::{ConnectionKind, OneOrMany};
 use crate::db::mysql::{MyClient, RowBatch};
 use crate::db::DbKind;
+use crate::lake::Format;
 use crate::lake::{ObjectEntry, ObjectWriter};
 use crate::s3::S3Client;
-use crate::steps::kafka_to_s3::{Format, Manifest};
+use crate::steps::kafka_to_s3::Manifest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

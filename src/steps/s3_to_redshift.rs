@@ -27,7 +27,7 @@ use crate::config::{ConnectionKind, OneOrMany};
 use crate::db::pg_binary::{self, BinType};
 use crate::db::postgres::PgClient;
 use crate::db::DbKind;
-use crate::steps::kafka_to_s3::Format;
+use crate::lake::Format;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,6 +176,10 @@ fn copy_text(v: &serde_json::Value, cast: Option<&str>, out: &mut Vec<u8>) -> Re
                 .ok_or_else(|| format!("{n} is out of range for {c}"))?;
             t.to_rfc3339().into()
         }
+        (serde_json::Value::String(s), _) if s.contains('\0') => return Err(
+            "a string holds a NUL character (\\u0000), which a warehouse text column cannot store"
+                .into(),
+        ),
         (serde_json::Value::String(s), _) => s.as_str().into(),
         (serde_json::Value::Bool(b), _) => if *b { "true" } else { "false" }.into(),
         (serde_json::Value::Number(n), _) => n.to_string().into(),
@@ -949,6 +953,20 @@ fn csv_header(format: Format, data: &[u8]) -> Vec<String> {
     names
 }
 
+/// The longest JSON line a load reads (Redshift's rows are at most 4 MB).
+const MAX_LINE: usize = 16 << 20;
+
+/// What a failed read of an object's bytes means, for the person reading the error.
+fn unreadable(format: Format, e: &std::io::Error) -> String {
+    match format {
+        Format::Jsonl => format!("cannot read the object: {e}"),
+        _ => format!(
+            "cannot decompress the object ({e}): it is truncated or corrupt; write it again \
+             (rerun the step that wrote it) or remove it"
+        ),
+    }
+}
+
 /// Send an object's decompressed bytes as they are (a csv object: the server parses it).
 fn copy_raw(
     format: Format,
@@ -957,11 +975,14 @@ fn copy_raw(
 ) -> Result<u64, String> {
     use std::io::Read;
     const CHUNK: usize = 1 << 20;
-    let mut reader = crate::lake::reader(format, data).map_err(|e| format!(": {e}"))?;
+    let mut reader =
+        crate::lake::reader(format, data).map_err(|e| format!(": {}", unreadable(format, &e)))?;
     let mut rows = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let n = reader.read(&mut buf).map_err(|e| format!(": {e}"))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!(": {}", unreadable(format, &e)))?;
         if n == 0 {
             return Ok(rows);
         }
@@ -985,9 +1006,10 @@ fn copy_rows(
     bad: &AtomicU64,
     tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<u64, String> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     const CHUNK: usize = 1 << 20;
-    let mut reader = crate::lake::reader(format, data).map_err(|e| format!(": {e}"))?;
+    let mut reader =
+        crate::lake::reader(format, data).map_err(|e| format!(": {}", unreadable(format, &e)))?;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     if binary {
         buf.extend_from_slice(pg_binary::HEADER);
@@ -996,14 +1018,22 @@ fn copy_rows(
     let (mut n, mut rows) = (0u64, 0u64);
     loop {
         line.clear();
-        if reader
+        // At most MAX_LINE bytes of one line are read: a huge line is an error, not a huge buffer.
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(|e| format!(" line {}: {e}", n + 1))?
-            == 0
-        {
+            .map_err(|e| format!(" line {}: {}", n + 1, unreadable(format, &e)))?;
+        if read == 0 {
             break;
         }
         n += 1;
+        if line.len() > MAX_LINE {
+            return Err(format!(
+                " line {n}: the line is longer than {} MiB (a warehouse row is at most 4 MB): \
+                 split the record, or drop it upstream",
+                MAX_LINE >> 20
+            ));
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if text.is_empty() {
             continue;

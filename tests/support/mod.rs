@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cranium::config::project::S3Connection;
 use cranium::lake;
+use cranium::lake::Format;
 use cranium::s3::S3Client;
-use cranium::steps::kafka_to_s3::Format;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
