@@ -139,6 +139,10 @@ pub struct ObjectEntry {
     /// Record times, RFC 3339 UTC.
     pub min_time: Option<String>,
     pub max_time: Option<String>,
+    /// The object's ETag as uploaded: a load refuses an object that changed after its manifest
+    /// was written. Absent in manifests written before cranium recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 /// The encoder of one object.

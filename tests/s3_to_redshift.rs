@@ -159,6 +159,49 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     assert_eq!(n, 2, "a rerun of the csv load adds nothing");
     let tracked = loaded_objects(&format!("public.{table}")).await;
     assert_eq!(tracked, 1);
+    // The export's object changed after its manifest was written: the load refuses it, names
+    // the step to rerun, and loads nothing.
+    let (s3c, bucket) = s3();
+    let key = s3c
+        .list(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .find(|k| k.ends_with(".jsonl.gz"))
+        .expect("the export's object");
+    s3c.put(&bucket, &key, gz(&[r#"{"id": 3}"#]), "application/gzip")
+        .await
+        .expect("overwrite");
+    // Only the load runs again (rerun: failed and cleared steps; the export's record stands).
+    let iv = day("2026-03-01");
+    e.store
+        .clear("j", iv.start, iv.end, &["load".to_string()])
+        .await
+        .expect("clear");
+    let opts = cranium::engine::RunOptions {
+        steps: vec!["load".into()],
+        ..Default::default()
+    };
+    let r = e
+        .run_interval("j", iv, &opts, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("run");
+    assert_eq!(state(&r, "load"), StepState::Failed, "{r:?}");
+    let err = r
+        .steps
+        .iter()
+        .find(|s| s.step == "load")
+        .and_then(|s| s.error.clone())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&format!(
+            "s3://{bucket}/{key} changed after its manifest was written"
+        )) && err.contains("rerun 'dump' for this interval"),
+        "{err}"
+    );
+    let n: i64 = pg_count(&format!("SELECT count(*) FROM public.{table}")).await;
+    assert_eq!(n, 2, "nothing of the changed object was loaded");
     my.query_drop(format!("DROP TABLE {table}"))
         .await
         .expect("drop");
@@ -167,7 +210,6 @@ async fn mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing
     ))
     .await
     .expect("drop");
-    let (s3c, bucket) = s3();
     s3c.delete_prefix(&bucket, &format!("{prefix}/"))
         .await
         .expect("clean");

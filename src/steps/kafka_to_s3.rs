@@ -1372,6 +1372,7 @@ impl Worker {
             last_offset: w.last_offset,
             min_time: w.min_time.map(|t| t.to_rfc3339()),
             max_time: w.max_time.map(|t| t.to_rfc3339()),
+            etag: None,
         };
         let (file, len) = w.finish().map_err(|e| self.io("finishing an object", e))?;
         let entry = ObjectEntry {
@@ -1423,11 +1424,16 @@ async fn upload_all(
         let (s3, bucket) = (s3.clone(), bucket.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            s3.put_file(&bucket, &u.entry.key, &u.file, u.content_type)
+            let etag = s3
+                .put_file(&bucket, &u.entry.key, &u.file, u.content_type)
                 .await
                 .map_err(StepError::from_s3)?;
             drop(u.file);
-            Ok::<(ObjectEntry, bool), StepError>((u.entry, u.dead_letter))
+            let entry = ObjectEntry {
+                etag: (!etag.is_empty()).then_some(etag),
+                ..u.entry
+            };
+            Ok::<(ObjectEntry, bool), StepError>((entry, u.dead_letter))
         });
     }
     while let Some(r) = tasks.join_next().await {

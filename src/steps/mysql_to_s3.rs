@@ -262,10 +262,12 @@ async fn upload(
     let (file, stored) = w
         .finish()
         .map_err(|e| StepError::external(format!("finishing {key}: {e}")))?;
-    s3.put_file(bucket, &key, &file, "application/gzip")
+    let etag = s3
+        .put_file(bucket, &key, &file, "application/gzip")
         .await
         .map_err(StepError::from_s3)?;
     Ok(ObjectEntry {
+        etag: (!etag.is_empty()).then_some(etag),
         key,
         records,
         bytes,

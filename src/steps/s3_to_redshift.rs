@@ -13,7 +13,7 @@
 //! objects to S3 and runs the statements of `crate::redshift` in one transaction; on a failed COPY it
 //! reads `SYS_LOAD_ERROR_DETAIL` into the error.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
@@ -300,7 +300,7 @@ impl S3ToRedshiftStep {
         let (deadline, cancel) = (cx.deadline, &cx.cancel);
 
         // The objects: from the manifests of upstream steps of this run, or under a prefix.
-        let mut objects: Vec<String> = Vec::new();
+        let mut objects = Objects::default();
         if let Some(steps) = &self.source.manifests_from {
             for id in steps.iter() {
                 let manifests = cx
@@ -323,7 +323,12 @@ impl S3ToRedshiftStep {
                         .flatten()
                     {
                         if let Some(k) = o.get("key").and_then(|k| k.as_str()) {
-                            objects.push(k.to_string());
+                            objects.keys.push(k.to_string());
+                            if let Some(tag) = o.get("etag").and_then(|t| t.as_str()) {
+                                objects
+                                    .manifest_etags
+                                    .insert(k.to_string(), (tag.to_string(), id.clone()));
+                            }
                         }
                     }
                 }
@@ -345,12 +350,12 @@ impl S3ToRedshiftStep {
                     Format::of_key(&o.key) == Some(format)
                 };
                 if !hidden && wanted {
-                    objects.push(o.key);
+                    objects.keys.push(o.key);
                 }
             }
         }
-        objects.sort();
-        objects.dedup();
+        objects.keys.sort();
+        objects.keys.dedup();
 
         let mut db = PgClient::connect(kind, &url, timeout).await.map_err(|e| {
             StepError::external(
@@ -688,7 +693,7 @@ impl S3ToRedshiftStep {
         s3: &crate::s3::S3Client,
         bucket: &str,
         format: Format,
-        objects: &[String],
+        objects: &Objects,
         db: &mut PgClient,
     ) -> Result<StepOutput, StepError> {
         use crate::redshift;
@@ -1094,17 +1099,27 @@ fn copy_rows(
     Ok(rows)
 }
 
+/// The objects a load considers, sorted, and the ETag each manifest recorded for its objects
+/// (with the step that wrote it).
+#[derive(Debug, Default)]
+struct Objects {
+    keys: Vec<String>,
+    manifest_etags: HashMap<String, (String, String)>,
+}
+
 /// The objects still to load, with their ETags and sizes (HEADs 8 at a time), and how many were
-/// skipped as already loaded (never for `replace_interval`, which reloads its interval).
+/// skipped as already loaded (never for `replace_interval`, which reloads its interval). An object
+/// whose ETag is not the one its manifest recorded is an error: it changed after the
+/// step that wrote it finished.
 async fn objects_to_load(
     s3: &crate::s3::S3Client,
     bucket: &str,
-    objects: &[String],
+    objects: &Objects,
     done: &HashSet<(String, String)>,
     reload: bool,
 ) -> Result<(Vec<(String, String, u64)>, u64), StepError> {
     use futures::StreamExt;
-    let heads: Vec<_> = futures::stream::iter(objects.iter().cloned())
+    let heads: Vec<_> = futures::stream::iter(objects.keys.iter().cloned())
         .map(|key| async move {
             let h = s3.head(bucket, &key).await;
             (key, h)
@@ -1120,6 +1135,20 @@ async fn objects_to_load(
                 format!("s3://{bucket}/{key} is listed in a manifest but does not exist"),
             ));
         };
+        if let Some((tag, step)) = objects.manifest_etags.get(&key) {
+            if !info.etag.is_empty() && *tag != info.etag {
+                return Err(StepError::new(
+                    ErrorClass::Data,
+                    format!(
+                        "s3://{bucket}/{key} changed after its manifest was written (ETag {tag} \
+                         in the manifest of step '{step}', {} now): nothing was loaded; rerun \
+                         '{step}' for this interval so that its manifest lists the object as it \
+                         is (cranium clear --steps {step} --downstream), or restore the object",
+                        info.etag
+                    ),
+                ));
+            }
+        }
         if !reload && done.contains(&(key.clone(), info.etag.clone())) {
             skipped += 1;
             continue;
