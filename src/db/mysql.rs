@@ -549,7 +549,10 @@ fn statement_error(index: usize, e: mysql_async::Error) -> DbError {
         mysql_async::Error::Io(io) => DbError::Statement {
             statement: index,
             code: None,
-            message: io.to_string(),
+            message: format!(
+                "the connection to MySQL was lost during the statement ({io}): the server \
+                 closed it (restarted, or the connection was killed); a retry reconnects"
+            ),
         },
         other => DbError::Other(format!("statement {index}: {other}")),
     }

@@ -6,7 +6,8 @@
 //! temporary file, and each finished object is uploaded. Objects are named from the export and a part
 //! number (`users.00000.jsonl.gz`), so a rerun overwrites its own objects; parts left over from a larger
 //! earlier export under the same prefix are deleted. A manifest in the format of `kafka_to_s3` lists
-//! the objects (`{prefix}/_manifest.json`).
+//! the objects (`{prefix}/_manifest.json`); the earlier one is deleted before the first part is
+//! written and the new one written after the last, so a half-done export never looks complete.
 //!
 //! Values follow the JSON mapping of the MySQL connector (`src/db/mysql.rs`): DECIMAL as exact strings,
 //! DATETIME as `YYYY-MM-DDTHH:MM:SS[.ffffff]`, TIMESTAMP the same in UTC with `Z`, DATE, TIME
@@ -389,6 +390,12 @@ impl MysqlToS3Step {
         })?;
         // Three stages at once: the pager reads pages of rows (this task), the encoder thread turns
         // them into compressed lines, the uploader sends each finished object.
+        // The earlier export's manifest goes first: while this one rewrites the parts, nothing
+        // under the prefix says it is complete (the new manifest is written last).
+        let manifest_key = format!("{prefix}/_manifest.json");
+        s3.delete(&bucket, &manifest_key)
+            .await
+            .map_err(StepError::from_s3)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(8);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(usize, ObjectWriter)>(2);
         let encoder = Encoder {
@@ -492,7 +499,6 @@ impl MysqlToS3Step {
             objects: written.clone(),
             dead_letters: Vec::new(),
         };
-        let manifest_key = format!("{prefix}/_manifest.json");
         let body = serde_json::to_vec_pretty(&m)
             .map_err(|e| StepError::new(ErrorClass::Internal, e.to_string()))?;
         s3.put(&bucket, &manifest_key, body.into(), "application/json")
