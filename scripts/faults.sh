@@ -6,8 +6,8 @@
 # Today (issue 15, in progress): the warehouse session of a running sql step terminated, the
 # production MySQL export connection killed, and corrupt objects in the lake (truncated gzip, bad
 # zstd frames, invalid UTF-8, NUL, deep nesting, a 200 MB line, an object changed after its
-# manifest). Restarts of whole servers, S3 and the broker stopped mid-batch, the metadata store
-# stopped under a daemon, panics in the daemon and the fuzz targets are still to come.
+# manifest), Lua limits exhausted inside the daemon. Restarts of whole servers, S3 and the broker
+# stopped mid-batch, the metadata store stopped under a daemon and the fuzz targets are still to come.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh up >/dev/null
@@ -20,6 +20,7 @@ faults=(
   "production MySQL export connection killed|faults|a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_retry_matches"
   "corrupt objects in the lake (gzip, zstd, UTF-8, NUL, nesting, 200 MB line)|s3_to_redshift|corrupt_objects_are_errors_naming_the_object_and_line_and_load_nothing"
   "an object changed after its manifest was written|s3_to_redshift|mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing"
+  "Lua scripts exhausting their instruction and memory limits inside the daemon|daemon|a_lua_script_that_exhausts_its_limits_fails_its_attempt_and_the_daemon_runs_on"
 )
 n=0
 ok=0

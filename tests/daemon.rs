@@ -863,3 +863,98 @@ async fn connection_pools_by_default_and_backfills_rank_below_the_schedule() {
         .iter()
         .all(|r| r.state == RunState::Success));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lua_script_that_exhausts_its_limits_fails_its_attempt_and_the_daemon_runs_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spin = "  - id: spin\n    kind: lua\n    instruction_limit: 100000\n    retries: 0\n    code: |\n      cranium.log(\"info\", \"spinning\")\n      while true do end\n";
+    let hog = "  - id: hog\n    kind: lua\n    memory_limit: 8MB\n    retries: 0\n    code: |\n      local t = {}\n      for i = 1, 10000000 do t[i] = string.rep(\"x\", 100) .. i end\n";
+    project(
+        dir.path(),
+        "",
+        &[
+            (
+                "spin",
+                &job(
+                    "spin",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "catchup: true\n",
+                    spin,
+                ),
+            ),
+            (
+                "hog",
+                &job(
+                    "hog",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "catchup: true\n",
+                    hog,
+                ),
+            ),
+            (
+                "fine",
+                &job(
+                    "fine",
+                    "@hourly",
+                    "UTC",
+                    "2026-03-01",
+                    "catchup: true\n",
+                    ONE_STEP,
+                ),
+            ),
+        ],
+    );
+    let clock = Arc::new(ManualClock::new(t("2026-03-01T00:00:00Z")));
+    let mut d = start(dir.path(), &clock).await;
+    let store = d.store().clone();
+    drive(
+        &mut d,
+        &clock,
+        t("2026-03-01T03:00:00Z"),
+        Duration::minutes(30),
+    )
+    .await;
+    for (job, step, limit) in [
+        ("spin", "spin", "instruction limit of 100000"),
+        ("hog", "hog", "memory limit"),
+    ] {
+        let runs = runs_of(&store, job).await;
+        assert_eq!(runs.len(), 3, "{job}: every interval ran: {runs:?}");
+        assert!(runs.iter().all(|r| r.state == RunState::Failed), "{runs:?}");
+        let attempts = store
+            .attempts(job, t("2026-03-01T00:00:00Z"), Some(step))
+            .await
+            .expect("attempts");
+        let err = attempts
+            .last()
+            .and_then(|a| a.error.clone())
+            .unwrap_or_default();
+        assert!(
+            err.contains(limit),
+            "{job}: the attempt says which limit: {err}"
+        );
+    }
+    // The daemon ran on: the other job's intervals all succeeded, and it still ticks.
+    let fine = runs_of(&store, "fine").await;
+    assert_eq!(fine.len(), 3);
+    assert!(
+        fine.iter().all(|r| r.state == RunState::Success),
+        "{fine:?}"
+    );
+    drive(
+        &mut d,
+        &clock,
+        t("2026-03-01T04:00:00Z"),
+        Duration::minutes(30),
+    )
+    .await;
+    assert_eq!(
+        runs_of(&store, "fine").await.len(),
+        4,
+        "the daemon lives on"
+    );
+}

@@ -1169,7 +1169,7 @@ impl Engine {
 }
 
 async fn run_with_deadline(cx: &RunCx, timeout: Option<Duration>) -> Result<StepOutput, StepError> {
-    let fut = cx.spec().config.as_step().run(cx);
+    let fut = guard_panics(cx.spec().config.as_step().run(cx));
     match timeout {
         None => fut.await,
         Some(t) => match tokio::time::timeout(t + Duration::from_secs(5), fut).await {
@@ -1182,6 +1182,33 @@ async fn run_with_deadline(cx: &RunCx, timeout: Option<Duration>) -> Result<Step
                 ))
             }
         },
+    }
+}
+
+/// Runs a step's future, turning a panic inside it into a failed attempt that carries the panic's
+/// message: a panic is a bug, but one attempt's, so the attempt is recorded as failed, its
+/// downstream is marked, and the run (and the daemon) go on.
+async fn guard_panics<F>(fut: F) -> Result<StepOutput, StepError>
+where
+    F: std::future::Future<Output = Result<StepOutput, StepError>>,
+{
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            Err(StepError::new(
+                ErrorClass::Internal,
+                format!(
+                    "the step panicked: {what} (a bug in cranium: please report it with this \
+                     attempt's log; the attempt is recorded as failed and nothing else stopped)"
+                ),
+            ))
+        }
     }
 }
 
@@ -1208,4 +1235,34 @@ pub fn selected_ids(job: &Job, selected: &[bool]) -> HashSet<String> {
         .filter(|(_, s)| **s)
         .map(|(st, _)| st.id.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_step_is_a_failed_attempt_with_the_message() {
+        let out = guard_panics(async {
+            let v: Vec<u8> = Vec::new();
+            if v.is_empty() {
+                panic!("index {} out of range", 3);
+            }
+            Ok(StepOutput::default())
+        })
+        .await;
+        let e = out.expect_err("the panic is an error");
+        assert_eq!(e.class, ErrorClass::Internal);
+        assert!(
+            e.message
+                .starts_with("the step panicked: index 3 out of range"),
+            "{e}"
+        );
+        let ok = guard_panics(async { Ok(StepOutput::default()) }).await;
+        assert!(ok.is_ok());
+        let e = guard_panics(async { panic!("static message") })
+            .await
+            .expect_err("panic");
+        assert!(e.message.contains("static message"), "{e}");
+    }
 }
