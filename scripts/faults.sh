@@ -21,6 +21,7 @@ faults=(
   "corrupt objects in the lake (gzip, zstd, UTF-8, NUL, nesting, 200 MB line)|s3_to_redshift|corrupt_objects_are_errors_naming_the_object_and_line_and_load_nothing"
   "an object changed after its manifest was written|s3_to_redshift|mysql_through_s3_into_postgres_with_equal_values_and_reruns_add_nothing"
   "Lua scripts exhausting their instruction and memory limits inside the daemon|daemon|a_lua_script_that_exhausts_its_limits_fails_its_attempt_and_the_daemon_runs_on"
+  "shell metacharacters and CRLF header lines in alert text and webhook headers|alerts|hostile_alert_text_changes_nothing_that_runs_or_is_sent"
 )
 n=0
 ok=0

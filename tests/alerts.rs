@@ -42,11 +42,15 @@ async fn receive(
     if *l.down.lock().expect("lock") {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
-    let auth = headers
+    let mut auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // A header that only an injection could have added.
+    if headers.contains_key("x-injected") {
+        auth.push_str(" [x-injected]");
+    }
     let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
     l.seen
         .lock()
@@ -796,4 +800,132 @@ async fn store_and_connection_outages_are_said_and_so_is_their_end() {
         1
     );
     drop(conn_proxy);
+}
+
+/// Hostile text in what an alert carries (a failed step's error with shell metacharacters and a
+/// CRLF header line) changes nothing: the command channel gets it as data (no shell runs it), the
+/// webhook as an escaped JSON string (no header is added); and a header value with a CRLF from the
+/// environment is refused before any request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_alert_text_changes_nothing_that_runs_or_is_sent() {
+    let (port, l) = listener().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pwned = dir.path().join("pwned");
+    let hostile = format!(
+        "$(touch {p}) `touch {p}2`; touch {p}3 | touch {p}4 && touch {p}5\r\nX-Injected: yes",
+        p = pwned.display()
+    );
+    let lua_error = hostile.replace('\\', "\\\\").replace('"', "\\\"");
+    project(
+        dir.path(),
+        port,
+        "",
+        &[(
+            "evil",
+            &format!(
+                "job: evil\nschedule: \"@daily\"\nstart: 2026-03-01\nalerts: [hook, script]\nsteps:\n  - id: boom\n    kind: lua\n    retries: 0\n    code: 'error(\"{}\", 0)'\n",
+                lua_error.replace('\r', "\\r").replace('\n', "\\n").replace('\'', "''")
+            ),
+        )],
+    );
+    let eng = engine(dir.path()).await;
+    let r = eng
+        .run_interval(
+            "evil",
+            day("2026-03-01"),
+            &RunOptions::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("run");
+    assert!(!r.succeeded());
+    deliver::drain(&eng.project, &eng.store, Duration::from_secs(20)).await;
+    for suffix in ["", "2", "3", "4", "5"] {
+        let f = format!("{}{suffix}", pwned.display());
+        assert!(
+            !Path::new(&f).exists(),
+            "{f} exists: a shell ran the alert's text"
+        );
+    }
+    // The command got the text verbatim, as data.
+    let got =
+        std::fs::read_to_string(dir.path().join("command_alerts.jsonl")).expect("command ran");
+    assert!(got.contains("touch"), "{got}");
+    let first: serde_json::Value =
+        serde_json::from_str(got.lines().next().expect("a line")).expect("json on stdin");
+    assert!(
+        first["details"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&hostile),
+        "{first}"
+    );
+    // The webhook: the text in the JSON body, no header added.
+    let hook = seen(&l, "/hook");
+    assert!(!hook.is_empty());
+    assert!(hook[0]["details"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains(&hostile));
+    let auths: Vec<String> = l
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, a, _)| a.clone())
+        .collect();
+    assert!(auths.iter().all(|a| !a.contains("x-injected")), "{auths:?}");
+
+    // A header value with a CRLF (from the environment) is refused, and nothing is sent.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    project(
+        dir2.path(),
+        port,
+        "",
+        &[("evil", &job_reading(&format!("missing_{}", suffix())))],
+    );
+    let c = check(
+        dir2.path(),
+        &Env::from_pairs([("HOOK_TOKEN", "t\r\nX-Injected: yes")]),
+    )
+    .expect("loads");
+    let store = Store::open("sqlite://.cranium/state.db", dir2.path())
+        .await
+        .expect("store");
+    let mut e2 = Engine::new(c.project.clone(), c.graph.clone(), store.clone());
+    e2.notifier = Some(cranium::alerts::Notifier::new(c.project.clone(), store));
+    let before = l.seen.lock().expect("lock").len();
+    let r = e2
+        .run_interval(
+            "load",
+            day("2026-03-01"),
+            &RunOptions::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("run");
+    assert!(!r.succeeded());
+    deliver::drain(&e2.project, &e2.store, Duration::from_secs(20)).await;
+    let hook_after: Vec<String> = l.seen.lock().expect("lock")[before..]
+        .iter()
+        .filter(|(p, _, _)| p == "/hook")
+        .map(|(_, a, _)| a.clone())
+        .collect();
+    assert!(
+        hook_after.is_empty(),
+        "no request with the bad header was sent: {hook_after:?}"
+    );
+    let alerts = e2.store.alerts(None, 0).await.expect("alerts");
+    let hook_alert = alerts
+        .iter()
+        .find(|a| a.channel == "hook")
+        .expect("a hook alert");
+    assert!(
+        hook_alert
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad request"),
+        "{hook_alert:?}"
+    );
 }

@@ -190,6 +190,7 @@ impl ValidateStep {
         };
         if let Some(r) = &self.report {
             let at = cx.render("report", r, None)?;
+            check_report_path(r, &at).map_err(StepError::config)?;
             let written = match at.strip_prefix("s3://") {
                 Some(rest) => {
                     let (bucket, key) = rest.split_once('/').ok_or_else(|| {
@@ -414,6 +415,27 @@ impl Step for ValidateStep {
 }
 
 /// Write the report next to nothing half-written: a temporary file renamed into place.
+/// A rendered report path (`at`, from the template `source`) may not climb out of where its
+/// template points: no `..` segment, and no absolute path unless the template itself is one (a
+/// value such as a param cannot turn `reports/{{ params.name }}.json` into `/etc/...`). The same
+/// holds for the key of an `s3://` report.
+fn check_report_path(source: &str, at: &str) -> Result<(), String> {
+    let (path, absolute_ok) = match at.strip_prefix("s3://") {
+        Some(rest) => (rest.split_once('/').map_or("", |(_, k)| k), false),
+        None => (at, source.starts_with('/')),
+    };
+    let climbs = path.split(['/', '\\']).any(|seg| seg == "..");
+    let absolute = path.starts_with('/') || path.starts_with('\\');
+    if climbs || (absolute && !absolute_ok) || path.contains('\0') {
+        return Err(format!(
+            "report path '{at}' leaves the place its template names ('..', an absolute path or \
+             a NUL from a template value): nothing was written; keep values that name files to \
+             letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
 fn write_report(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -426,6 +448,35 @@ fn write_report(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_paths_stay_where_their_template_points() {
+        let ok = |src: &str, at: &str| check_report_path(src, at).is_ok();
+        assert!(ok("reports/{{ ds }}.json", "reports/2026-03-01.json"));
+        assert!(ok(
+            "/var/reports/{{ ds }}.json",
+            "/var/reports/2026-03-01.json"
+        ));
+        assert!(ok(
+            "s3://b/reports/{{ ds }}.json",
+            "s3://b/reports/2026-03-01.json"
+        ));
+        assert!(
+            ok("reports/{{ p }}.json", "reports/a..b.json"),
+            "dots inside a name are fine"
+        );
+        for (src, at) in [
+            ("reports/{{ p }}.json", "reports/../../../etc/cron.d/x.json"),
+            ("reports/{{ p }}.json", "reports/..\\..\\x.json"),
+            ("{{ p }}", "/etc/passwd"),
+            ("/var/reports/{{ p }}.json", "/var/reports/../../etc/x.json"),
+            ("s3://b/reports/{{ p }}.json", "s3://b/reports/../../x.json"),
+            ("reports/{{ p }}.json", "reports/a\0b.json"),
+        ] {
+            let e = check_report_path(src, at).expect_err(at);
+            assert!(e.contains("nothing was written"), "{e}");
+        }
+    }
 
     #[test]
     fn tolerance_forms() {
