@@ -210,6 +210,7 @@ suite!(
     dashboard_actions_are_recorded_once_per_nonce,
     consumer_lag_is_kept_over_time,
     changed_steps_are_read_since_a_moment,
+    a_succeeded_attempt_and_its_step_record_are_written_together,
     concurrent_decisions_create_one_run,
     alerts_are_throttled_per_channel_and_key,
     due_alerts_and_tries,
@@ -3162,4 +3163,58 @@ async fn consumer_lag_is_kept_over_time(h: &Harness) {
     assert_eq!(h.store.lag_history(at(30)).await.unwrap().len(), 1);
     // The latest value per partition is still one row each.
     assert_eq!(h.store.consumer_lag(None).await.unwrap().len(), 2);
+}
+
+async fn a_succeeded_attempt_and_its_step_record_are_written_together(h: &Harness) {
+    let s = &h.store;
+    let run = s.create_run("j", hour(0), Trigger::Manual).await.unwrap();
+    s.set_step_state(run, "j", "a", hour(0), StepState::Running, 1, None)
+        .await
+        .unwrap();
+    let id = s
+        .begin_attempt(run, "j", "a", hour(0), 1, "a.log")
+        .await
+        .unwrap();
+    s.finish_attempt(
+        id,
+        &AttemptResult {
+            state: Some(StepState::Success),
+            outputs: serde_json::json!({"n": 7}),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // With no further write: the record already says success, with the attempt's outputs.
+    let rec = s
+        .step_state("j", "a", hour(0).start)
+        .await
+        .unwrap()
+        .expect("record");
+    assert_eq!(rec.state, StepState::Success);
+    assert_eq!(rec.outputs, serde_json::json!({"n": 7}));
+    assert_eq!((rec.run_id, rec.attempt), (Some(run), 1));
+    // A failed attempt leaves the record to the engine's own write.
+    let b = s
+        .begin_attempt(run, "j", "b", hour(0), 1, "b.log")
+        .await
+        .unwrap();
+    s.set_step_state(run, "j", "b", hour(0), StepState::Running, 1, None)
+        .await
+        .unwrap();
+    s.finish_attempt(
+        b,
+        &AttemptResult {
+            error: Some("boom".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rec = s
+        .step_state("j", "b", hour(0).start)
+        .await
+        .unwrap()
+        .expect("record");
+    assert_eq!(rec.state, StepState::Running);
 }

@@ -701,16 +701,25 @@ impl PgStore {
         const OP: &str = "finish_attempt";
         with_timeout(OP, async {
             let mut c = self.lease(OP).await?;
-            let n = c
-                .execute(
+            let rows = c
+                .query(
                     OP,
-                    "UPDATE step_attempts a SET state = $2, ended_at = now(), \
+                    // A success also sets the step's record, in the same statement: a process
+                    // killed right after never leaves a succeeded attempt under a record that
+                    // will run the step again.
+                    "WITH a AS (UPDATE step_attempts a SET state = $2, ended_at = now(), \
                      duration_ms = greatest(0, floor(extract(epoch FROM now() - started_at) \
                                                      * 1000))::bigint, \
                      error = $3, rows_affected = $4, bytes = $5, outputs = $6 WHERE id = $1 \
                      AND ($7::bigint IS NULL OR EXISTS (SELECT 1 FROM step_leases l \
                          WHERE l.job = a.job AND l.interval_start = a.interval_start \
-                         AND l.step = a.step AND l.token = $7 FOR SHARE))",
+                         AND l.step = a.step AND l.token = $7 FOR SHARE)) \
+                     RETURNING a.job, a.step, a.interval_start, a.run_id, a.attempt), \
+                     s AS (UPDATE step_intervals i SET state = 'success', run_id = a.run_id, \
+                     attempt = a.attempt, outputs = $6, updated_at = now() FROM a \
+                     WHERE $2 = 'success' AND i.job = a.job AND i.step = a.step \
+                     AND i.interval_start = a.interval_start) \
+                     SELECT count(*) FROM a",
                     &[
                         &attempt_id,
                         &result.final_state().as_str(),
@@ -722,6 +731,7 @@ impl PgStore {
                     ],
                 )
                 .await?;
+            let n: i64 = get(first(&rows, OP)?, 0, OP)?;
             if let (Some(token), 0) = (fence, n) {
                 let rows = c
                     .query(

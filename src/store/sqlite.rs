@@ -624,6 +624,21 @@ impl SqliteStore {
                 outputs
             ])
             .map_err(err(OP))?;
+            if state == StepState::Success {
+                // The step's record says success in the same transaction: a process killed
+                // right after this never leaves a succeeded attempt under a record that will run
+                // the step again.
+                tx.prepare_cached(
+                    "UPDATE step_intervals SET state = 'success', \
+                     run_id = (SELECT run_id FROM step_attempts WHERE id = ?1), \
+                     attempt = (SELECT attempt FROM step_attempts WHERE id = ?1), \
+                     outputs = ?2, updated_at = ?3 \
+                     WHERE job = ?4 AND step = ?5 AND interval_start = ?6",
+                )
+                .map_err(err(OP))?
+                .execute(params![attempt_id, outputs, ts(ended), job, step, start])
+                .map_err(err(OP))?;
+            }
             tx.commit().map_err(err(OP))
         })
         .await
