@@ -1,0 +1,188 @@
+//! The warehouse PostgreSQL restarted for real (`pg_ctlcluster … restart`) while a step works on
+//! it: during a `sql` step's transaction and during an `s3_to_redshift` COPY. The attempt fails as
+//! retryable, the retry (after the server is back) succeeds, and the target holds every row once.
+//!
+//! A restart ends every session on the server, so these are `#[ignore]`d in the default test run
+//! (other tests would lose their connections); `scripts/faults.sh` runs them alone.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use cranium::engine::Engine;
+use cranium::store::StepState;
+use support::*;
+
+async fn job(dir: &std::path::Path, steps: &str) -> Engine {
+    project(
+        dir,
+        &[(
+            "j",
+            &format!("job: j\nschedule: \"@daily\"\nstart: 2026-01-01\nsteps:\n{steps}"),
+        )],
+    );
+    engine(dir).await
+}
+
+/// Restarts the machine's PostgreSQL cluster and waits until it answers again.
+async fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a cluster version");
+    let status = tokio::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .await
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster restart: {status}");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio_postgres::connect(
+            "postgres://postgres@127.0.0.1:5432/test",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < until, "PostgreSQL did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until a session runs a statement matching the LIKE `pattern`, then restarts the server.
+async fn restart_during(pattern: String) -> bool {
+    let finder = pg().await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let busy = finder
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 \
+                 AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1",
+                &[&pattern],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if busy {
+            restart_postgres().await;
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the machine's PostgreSQL: run by scripts/faults.sh"]
+async fn the_warehouse_restarted_during_a_sql_step() {
+    let t = unique("restart_sql");
+    pg().await
+        .batch_execute(&format!("CREATE TABLE public.{t} (n int)"))
+        .await
+        .expect("create");
+    let marker = format!("restart marker {t}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = job(
+        dir.path(),
+        &format!(
+            "  - id: fill\n    kind: sql\n    connection: warehouse\n    retries: 3\n    retry_delay: 3s\n    query: |\n      INSERT INTO public.{t} SELECT g FROM generate_series(1, 5000) g;\n      SELECT pg_sleep(2), '{marker}';\n"
+        ),
+    )
+    .await;
+    let restarter = tokio::spawn(restart_during(format!("%{marker}%")));
+    let r = run_job(&e, "j", day("2026-03-01")).await;
+    assert!(
+        restarter.await.expect("restarter"),
+        "the server was restarted mid-step"
+    );
+    let s = r.steps.iter().find(|s| s.step == "fill").expect("fill");
+    assert_eq!(s.state, StepState::Success, "{r:?}");
+    assert!(
+        s.attempts >= 2,
+        "the first attempt died with the server: {r:?}"
+    );
+    assert_eq!(
+        pg_count(&format!("SELECT count(*) FROM public.{t}")).await,
+        5000,
+        "every row once"
+    );
+    pg().await
+        .batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the machine's PostgreSQL: run by scripts/faults.sh"]
+async fn the_warehouse_restarted_during_an_s3_to_redshift_copy() {
+    let t = unique("restart_copy");
+    pg().await
+        .batch_execute(&format!("CREATE TABLE public.{t} (id int, v text)"))
+        .await
+        .expect("create");
+    // Enough rows that the COPY takes a few seconds.
+    let n = 3_000_000u32;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..n {
+        writeln!(
+            enc,
+            r#"{{"id": {i}, "v": "row {i} of the load, padded a little"}}"#
+        )
+        .expect("gz");
+    }
+    let body = bytes::Bytes::from(enc.finish().expect("gz"));
+    let (s3c, bucket) = s3();
+    let prefix = unique("cranium-tests/restart-copy");
+    s3c.put(
+        &bucket,
+        &format!("{prefix}/a.jsonl.gz"),
+        body,
+        "application/gzip",
+    )
+    .await
+    .expect("put");
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = job(
+        dir.path(),
+        &format!(
+            "  - id: load\n    kind: s3_to_redshift\n    connection: warehouse\n    s3: lake\n    source:\n      prefix: {prefix}/\n    target: public.{t}\n    retries: 3\n    retry_delay: 3s\n"
+        ),
+    )
+    .await;
+    // The target is quoted in the statement: COPY "public"."restart_copy_…" (…) FROM STDIN.
+    let restarter = tokio::spawn(restart_during(format!("COPY %{t}%FROM STDIN%")));
+    let r = run_job(&e, "j", day("2026-03-01")).await;
+    assert!(
+        restarter.await.expect("restarter"),
+        "the server was restarted mid-COPY"
+    );
+    let s = r.steps.iter().find(|s| s.step == "load").expect("load");
+    assert_eq!(s.state, StepState::Success, "{r:?}");
+    assert!(
+        s.attempts >= 2,
+        "the first attempt died with the server: {r:?}"
+    );
+    assert_eq!(
+        pg_count(&format!("SELECT count(*) FROM public.{t}")).await,
+        i64::from(n),
+        "every row once"
+    );
+    assert_eq!(
+        pg_count(&format!("SELECT count(DISTINCT id) FROM public.{t}")).await,
+        i64::from(n)
+    );
+    pg().await
+        .batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+    s3c.delete_prefix(&bucket, &format!("{prefix}/"))
+        .await
+        .expect("clean");
+}
