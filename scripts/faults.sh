@@ -7,8 +7,8 @@
 # COPY, the warehouse session of a running sql step terminated, the
 # production MySQL export connection killed, and corrupt objects in the lake (truncated gzip, bad
 # zstd frames, invalid UTF-8, NUL, deep nesting, a 200 MB line, an object changed after its
-# manifest), Lua limits exhausted inside the daemon, hostile alert text. MariaDB restarts, S3 and the
-# broker stopped mid-batch, the metadata store stopped under a daemon and the fuzz targets are still
+# manifest), Lua limits exhausted inside the daemon, hostile alert text, MariaDB restarted during an
+# export. S3 and the broker stopped mid-batch, the metadata store stopped under a daemon and the fuzz targets are still
 # to come.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ cargo build --tests --locked -q
 faults=(
   "the warehouse PostgreSQL restarted during a sql step|faults_restart|the_warehouse_restarted_during_a_sql_step|ignored"
   "the warehouse PostgreSQL restarted during an s3_to_redshift COPY|faults_restart|the_warehouse_restarted_during_an_s3_to_redshift_copy|ignored"
+  "production MariaDB restarted during a mysql_to_s3 export|faults_restart|production_mysql_restarted_during_an_export|ignored"
   "warehouse session terminated during a sql step|faults|a_sql_step_whose_warehouse_session_dies_is_retried_and_applied_once"
   "production MySQL export connection killed|faults|a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_retry_matches"
   "corrupt objects in the lake (gzip, zstd, UTF-8, NUL, nesting, 200 MB line)|s3_to_redshift|corrupt_objects_are_errors_naming_the_object_and_line_and_load_nothing"

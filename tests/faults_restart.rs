@@ -186,3 +186,130 @@ async fn the_warehouse_restarted_during_an_s3_to_redshift_copy() {
         .await
         .expect("clean");
 }
+
+/// Restarts the machine's MariaDB (a clean shutdown, then the server started again) and waits until
+/// it answers.
+async fn restart_mariadb() {
+    let status = tokio::process::Command::new("mariadb-admin")
+        .args(["--protocol=tcp", "-h", "127.0.0.1", "-uroot", "shutdown"])
+        .status()
+        .await
+        .expect("mariadb-admin");
+    assert!(status.success(), "mariadb-admin shutdown: {status}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = tokio::process::Command::new("start-stop-daemon")
+            .args([
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/mariadbd",
+            ])
+            .status()
+            .await
+            .expect("start-stop-daemon");
+        assert!(started.success(), "start-stop-daemon: {started}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pool = mysql_async::Pool::new("mysql://root@127.0.0.1:3306/test");
+        let up = pool.get_conn().await.is_ok();
+        let _ = pool.disconnect().await;
+        if up {
+            return;
+        }
+        assert!(Instant::now() < until, "MariaDB did not come back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the machine's MariaDB: run by scripts/faults.sh"]
+async fn production_mysql_restarted_during_an_export() {
+    use mysql_async::prelude::Queryable;
+    let table = unique("restart_export");
+    let mut my = mysql().await;
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(64)) CHARACTER SET utf8mb4"
+    ))
+    .await
+    .expect("create");
+    my.query_drop(format!(
+        "INSERT INTO {table} SELECT seq, CONCAT('row ', seq, ' of the export, padded to be a real row')
+         FROM seq_1_to_600000"
+    ))
+    .await
+    .expect("fill");
+    drop(my);
+    let (s3c, bucket) = s3();
+    let (hit, calm) = (
+        unique("cranium-tests/restart-export"),
+        unique("cranium-tests/restart-export-calm"),
+    );
+    let export = |prefix: &str, retries: u32| {
+        format!(
+            "  - id: dump\n    kind: mysql_to_s3\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: {prefix}\n    retries: {retries}\n    retry_delay: 3s\n    chunk_size: 20000\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = job(dir.path(), &export(&hit, 3)).await;
+    let table2 = table.clone();
+    let restarter = tokio::spawn(async move {
+        let mut finder = mysql().await;
+        let until = Instant::now() + Duration::from_secs(30);
+        let sql = format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT%FROM%{table2}%' \
+             AND ID <> CONNECTION_ID() LIMIT 1"
+        );
+        while Instant::now() < until {
+            if let Ok(Some(_)) = finder.query_first::<i64, _>(sql.as_str()).await {
+                drop(finder);
+                restart_mariadb().await;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    });
+    let r = run_job(&e, "j", day("2026-03-01")).await;
+    assert!(
+        restarter.await.expect("restarter"),
+        "the server was restarted mid-export"
+    );
+    let s = r.steps.iter().find(|s| s.step == "dump").expect("dump");
+    assert_eq!(s.state, StepState::Success, "{r:?}");
+    assert!(
+        s.attempts >= 2,
+        "the first attempt died with the server: {r:?}"
+    );
+    let dir2 = tempfile::tempdir().expect("tmp");
+    let undisturbed = job(dir2.path(), &export(&calm, 0)).await;
+    let r = run_job(&undisturbed, "j", day("2026-03-01")).await;
+    assert_eq!(r.steps[0].state, StepState::Success, "{r:?}");
+    let objects = |prefix: String| {
+        let (s3c, bucket) = (s3c.clone(), bucket.clone());
+        async move {
+            read_objects(&s3c, &bucket, &format!("{prefix}/"))
+                .await
+                .into_iter()
+                .filter(|(k, _)| !k.ends_with("_manifest.json"))
+                .map(|(k, lines)| (k[prefix.len()..].to_string(), lines))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (retried, calm_objects) = (objects(hit.clone()).await, objects(calm.clone()).await);
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].1.len(), 600_000);
+    assert!(
+        retried == calm_objects,
+        "the retry wrote what an undisturbed export writes"
+    );
+    mysql()
+        .await
+        .query_drop(format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
+    for p in [hit, calm] {
+        s3c.delete_prefix(&bucket, &format!("{p}/"))
+            .await
+            .expect("clean");
+    }
+}
