@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cranium::engine::{Engine, RunReport};
 use cranium::store::StepState;
@@ -55,31 +55,16 @@ async fn a_sql_step_whose_warehouse_session_dies_is_retried_and_applied_once() {
         ),
     )
     .await;
-    let marker2 = marker.clone();
+    let pattern = format!("%{marker}%");
     let killer = tokio::spawn(async move {
-        let finder = pg().await;
-        let until = Instant::now() + LOOK_FOR;
-        while Instant::now() < until {
-            let found = finder
-                .query_opt(
-                    "SELECT pid FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' \
-                     AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1",
-                    &[&marker2],
-                )
-                .await
-                .ok()
-                .flatten()
-                .map(|r| r.get::<_, i32>(0));
-            if let Some(pid) = found {
-                finder
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .expect("terminate");
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        let Some(pid) = pg_session_running(&pattern, LOOK_FOR).await else {
+            return false;
+        };
+        pg().await
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .expect("terminate");
+        true
     });
     let r = run_job(&e, "j", day("2026-03-01")).await;
     assert!(
@@ -116,19 +101,8 @@ async fn a_sql_step_whose_warehouse_session_dies_is_retried_and_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_retry_matches() {
-    let table = unique("fault_export");
+    let table = seed_export_table("fault_export", 600_000).await;
     let mut my = mysql().await;
-    my.query_drop(format!(
-        "CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(64)) CHARACTER SET utf8mb4"
-    ))
-    .await
-    .expect("create");
-    my.query_drop(format!(
-        "INSERT INTO {table} SELECT seq, CONCAT('row ', seq, ' of the export, padded to be a real row')
-         FROM seq_1_to_600000"
-    ))
-    .await
-    .expect("fill");
     let (s3c, bucket) = s3();
     let killed_prefix = unique("cranium-tests/fault-export-killed");
     let calm_prefix = unique("cranium-tests/fault-export-calm");
@@ -144,20 +118,15 @@ async fn a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_re
     assert_eq!(step(&r, "dump").state, StepState::Success, "{r:?}");
     let table2 = table.clone();
     let killer = tokio::spawn(async move {
-        let mut finder = mysql().await;
-        let until = Instant::now() + LOOK_FOR;
-        let sql = format!(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT%FROM%{table2}%' \
-             AND ID <> CONNECTION_ID() LIMIT 1"
-        );
-        while Instant::now() < until {
-            if let Ok(Some(id)) = finder.query_first::<i64, _>(sql.as_str()).await {
-                finder.query_drop(format!("KILL {id}")).await.expect("kill");
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
+        let Some(id) = mysql_session_reading(&table2, LOOK_FOR).await else {
+            return false;
+        };
+        mysql()
+            .await
+            .query_drop(format!("KILL {id}"))
+            .await
+            .expect("kill");
+        true
     });
     let r = run_job(&e, "j", day("2026-03-01")).await;
     assert!(
@@ -204,21 +173,9 @@ async fn a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_re
     let calm = job(dir2.path(), &export(&calm_prefix)).await;
     let r = run_job(&calm, "j", day("2026-03-01")).await;
     assert_eq!(step(&r, "dump").state, StepState::Success, "{r:?}");
-    let objects = |prefix: String| {
-        let s3c = s3c.clone();
-        let bucket = bucket.clone();
-        async move {
-            read_objects(&s3c, &bucket, &format!("{prefix}/"))
-                .await
-                .into_iter()
-                .filter(|(k, _)| !k.ends_with("_manifest.json"))
-                .map(|(k, lines)| (k[prefix.len()..].to_string(), lines))
-                .collect::<Vec<_>>()
-        }
-    };
     let (retried, undisturbed) = (
-        objects(killed_prefix.clone()).await,
-        objects(calm_prefix.clone()).await,
+        exported_objects(&killed_prefix).await,
+        exported_objects(&calm_prefix).await,
     );
     assert_eq!(retried.len(), 1, "600,000 rows fit one object");
     assert_eq!(retried[0].1.len(), 600_000);

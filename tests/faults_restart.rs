@@ -57,26 +57,14 @@ async fn restart_postgres() {
 
 /// Waits until a session runs a statement matching the LIKE `pattern`, then restarts the server.
 async fn restart_during(pattern: String) -> bool {
-    let finder = pg().await;
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        let busy = finder
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 \
-                 AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1",
-                &[&pattern],
-            )
-            .await
-            .ok()
-            .flatten()
-            .is_some();
-        if busy {
-            restart_postgres().await;
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if pg_session_running(&pattern, Duration::from_secs(30))
+        .await
+        .is_none()
+    {
+        return false;
     }
-    false
+    restart_postgres().await;
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,20 +213,7 @@ async fn restart_mariadb() {
 #[ignore = "restarts the machine's MariaDB: run by scripts/faults.sh"]
 async fn production_mysql_restarted_during_an_export() {
     use mysql_async::prelude::Queryable;
-    let table = unique("restart_export");
-    let mut my = mysql().await;
-    my.query_drop(format!(
-        "CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(64)) CHARACTER SET utf8mb4"
-    ))
-    .await
-    .expect("create");
-    my.query_drop(format!(
-        "INSERT INTO {table} SELECT seq, CONCAT('row ', seq, ' of the export, padded to be a real row')
-         FROM seq_1_to_600000"
-    ))
-    .await
-    .expect("fill");
-    drop(my);
+    let table = seed_export_table("restart_export", 600_000).await;
     let (s3c, bucket) = s3();
     let (hit, calm) = (
         unique("cranium-tests/restart-export"),
@@ -253,21 +228,14 @@ async fn production_mysql_restarted_during_an_export() {
     let e = job(dir.path(), &export(&hit, 3)).await;
     let table2 = table.clone();
     let restarter = tokio::spawn(async move {
-        let mut finder = mysql().await;
-        let until = Instant::now() + Duration::from_secs(30);
-        let sql = format!(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT%FROM%{table2}%' \
-             AND ID <> CONNECTION_ID() LIMIT 1"
-        );
-        while Instant::now() < until {
-            if let Ok(Some(_)) = finder.query_first::<i64, _>(sql.as_str()).await {
-                drop(finder);
-                restart_mariadb().await;
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if mysql_session_reading(&table2, Duration::from_secs(30))
+            .await
+            .is_none()
+        {
+            return false;
         }
-        false
+        restart_mariadb().await;
+        true
     });
     let r = run_job(&e, "j", day("2026-03-01")).await;
     assert!(
@@ -284,18 +252,7 @@ async fn production_mysql_restarted_during_an_export() {
     let undisturbed = job(dir2.path(), &export(&calm, 0)).await;
     let r = run_job(&undisturbed, "j", day("2026-03-01")).await;
     assert_eq!(r.steps[0].state, StepState::Success, "{r:?}");
-    let objects = |prefix: String| {
-        let (s3c, bucket) = (s3c.clone(), bucket.clone());
-        async move {
-            read_objects(&s3c, &bucket, &format!("{prefix}/"))
-                .await
-                .into_iter()
-                .filter(|(k, _)| !k.ends_with("_manifest.json"))
-                .map(|(k, lines)| (k[prefix.len()..].to_string(), lines))
-                .collect::<Vec<_>>()
-        }
-    };
-    let (retried, calm_objects) = (objects(hit.clone()).await, objects(calm.clone()).await);
+    let (retried, calm_objects) = (exported_objects(&hit).await, exported_objects(&calm).await);
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].1.len(), 600_000);
     assert!(

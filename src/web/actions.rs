@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::auth::url_encode;
-use super::{iso, page_tz, parse_start, Web, WebError};
+use super::pages::PageCx;
+use super::{iso, parse_start, Web, WebError};
 use crate::engine::RunOptions;
 use crate::project::Job;
 use crate::schedule::Interval;
@@ -390,16 +391,11 @@ fn backfill_of(j: &Job, f: &Fields) -> Result<Option<Backfill>, String> {
 
 /// `GET /jobs/{job}/backfill?from=&to=&steps=&rerun=`: the form, and the exact intervals it
 /// would run (a range that is empty or reversed is an inline error).
-pub async fn backfill_preview(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(job): Path<String>,
-    Query(q): Query<Fields>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn backfill_preview(cx: PageCx, Path(job): Path<String>) -> Result<Response, WebError> {
+    let (web, q) = (&cx.web, &cx.q);
     let engine = web.engine();
     let j = job_of(&engine, &job)?;
-    let (rows, count, error) = match backfill_of(j, &q) {
+    let (rows, count, error) = match backfill_of(j, q) {
         Ok(Some(b)) => (
             b.intervals
                 .iter()
@@ -417,16 +413,20 @@ pub async fn backfill_preview(
     };
     let ctx = minijinja::context! {
         job => minijinja::context! { name => j.name.clone(), href => format!("/jobs/{}", url_encode(&j.name)), timezone => j.timezone.name() },
-        from => field(&q, "from"),
-        to => field(&q, "to"),
-        steps => field(&q, "steps"),
-        rerun => field(&q, "rerun").unwrap_or("none"),
+        from => field(q, "from"),
+        to => field(q, "to"),
+        steps => field(q, "steps"),
+        rerun => field(q, "rerun").unwrap_or("none"),
         intervals => super::pages::ser(rows),
         count => count,
         preview_error => error,
-        ..super::pages::base_ctx(&web, &headers, &q, "backfill", format!("Backfill {}", j.name), tz)
     };
-    Ok(web.render("backfill.html", ctx)?.into_response())
+    cx.render(
+        "backfill.html",
+        "backfill",
+        format!("Backfill {}", j.name),
+        ctx,
+    )
 }
 
 /// `POST /jobs/{job}/backfill`: submits the previewed backfill as a request for the daemon.

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
+use super::pages::PageCx;
 use super::{Web, WebError};
 
 /// The session cookie's name.
@@ -169,16 +170,12 @@ fn local_path(next: Option<&String>) -> String {
     }
 }
 
-pub async fn login_form(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
+pub async fn login_form(cx: PageCx) -> Result<Response, WebError> {
+    let q = &cx.q;
     let ctx = minijinja::context! {
         next => local_path(q.get("next")),
-        ..super::pages::base_ctx(&web, &headers, &q, "login", "Log in".into(), chrono_tz::UTC)
     };
-    Ok(web.render("login.html", ctx)?.into_response())
+    cx.render("login.html", "login", "Log in".into(), ctx)
 }
 
 pub async fn login(

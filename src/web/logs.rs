@@ -8,12 +8,13 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{iso, page_tz, parse_start, Web, WebError};
+use super::pages::PageCx;
+use super::{iso, parse_start, Web, WebError};
 use crate::store::AttemptRecord;
 
 /// Lines shown at first, and per "earlier lines".
@@ -133,13 +134,11 @@ async fn find(
 
 /// `GET …/steps/{step}/log[?attempt=ID][&before=OFFSET]`.
 pub async fn page(
-    State(web): State<Web>,
+    cx: PageCx,
     Path((job, start, step)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
-    let (a, attempts, path) = find(&web, &job, &start, &step, &q).await?;
+    let (web, q) = (&cx.web, &cx.q);
+    let (a, attempts, path) = find(web, &job, &start, &step, q).await?;
     let before = q.get("before").and_then(|b| b.parse::<u64>().ok());
     let (first, len, text) = tail(&path, before, TAIL_LINES)
         .await
@@ -164,9 +163,8 @@ pub async fn page(
         len => len,
         earlier => first > 0,
         running => a.state == crate::store::StepState::Running,
-        ..pages::base_ctx(&web, &headers, &q, "log", title, tz)
     };
-    Ok(web.render("log.html", ctx)?.into_response())
+    cx.render("log.html", "log", title, ctx)
 }
 
 use super::pages;
@@ -195,12 +193,11 @@ fn range(spec: &str, len: u64) -> Option<(u64, u64)> {
 /// `GET …/steps/{step}/log.txt[?attempt=ID]`: the raw file, streamed; `Range: bytes=…` answers
 /// 206 with that part (the live tail asks for `bytes=N-`).
 pub async fn raw(
-    State(web): State<Web>,
+    cx: PageCx,
     Path((job, start, step)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (a, _, path) = find(&web, &job, &start, &step, &q).await?;
+    let (web, q) = (&cx.web, &cx.q);
+    let (a, _, path) = find(web, &job, &start, &step, q).await?;
     let mut f = tokio::fs::File::open(&path)
         .await
         .map_err(|e| WebError::not_found(format!("cannot read the log: {e}")))?;
@@ -217,7 +214,8 @@ pub async fn raw(
             "_"
         )
     );
-    let requested = headers
+    let requested = cx
+        .headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(|r| range(r, len));

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -39,8 +39,54 @@ fn tz_query(tz: Tz) -> String {
     }
 }
 
+/// What every page handler starts from: the dashboard, the request's headers and query, and the
+/// page's time zone (`?tz=`, checked here: an unknown zone is a 400 before the handler runs).
+pub(super) struct PageCx {
+    pub web: Web,
+    pub headers: HeaderMap,
+    pub q: HashMap<String, String>,
+    pub tz: Tz,
+}
+
+impl axum::extract::FromRequestParts<Web> for PageCx {
+    type Rejection = WebError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Web,
+    ) -> Result<PageCx, WebError> {
+        let Query(q) = Query::<HashMap<String, String>>::from_request_parts(parts, web)
+            .await
+            .map_err(|e| WebError::bad_request(e.body_text()))?;
+        let tz = page_tz(&q)?;
+        Ok(PageCx {
+            web: web.clone(),
+            headers: parts.headers.clone(),
+            q,
+            tz,
+        })
+    }
+}
+
+impl PageCx {
+    /// Renders `template` with the page's own `ctx` over what every page gets.
+    pub(super) fn render(
+        &self,
+        template: &str,
+        page: &str,
+        title: String,
+        ctx: minijinja::Value,
+    ) -> Result<Response, WebError> {
+        let ctx = minijinja::context! {
+            ..ctx,
+            ..base_ctx(&self.web, &self.headers, &self.q, page, title, self.tz)
+        };
+        Ok(self.web.render(template, ctx)?.into_response())
+    }
+}
+
 /// What every page's template gets.
-pub(super) fn base_ctx(
+fn base_ctx(
     web: &Web,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -164,14 +210,10 @@ struct JobRow {
 }
 
 /// `GET /?q=&owner=&state=`: every job, the last intervals as a strip, what failed last.
-pub async fn jobs(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn jobs(cx: PageCx) -> Result<Response, WebError> {
+    let (web, q) = (&cx.web, &cx.q);
     let engine = web.engine();
-    let now = window_end(&q)?;
+    let now = window_end(q)?;
     let paused: HashSet<String> = web
         .store()
         .paused_jobs()
@@ -292,9 +334,8 @@ pub async fn jobs(
         owner => q.get("owner"),
         state => q.get("state"),
         job_names => engine.project.jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>(),
-        ..base_ctx(&web, &headers, &q, "jobs", "Jobs".into(), tz)
     };
-    Ok(web.render("jobs.html", ctx)?.into_response())
+    cx.render("jobs.html", "jobs", "Jobs".into(), ctx)
 }
 
 fn job_of<'a>(engine: &'a crate::engine::Engine, name: &str) -> Result<&'a Job, WebError> {
@@ -390,13 +431,8 @@ fn run_row(r: &RunRecord) -> RunRow {
 }
 
 /// `GET /jobs/{job}?n=&at=&tz=`: the DAG, the grid, run durations, recent runs, the job file.
-pub async fn job(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn job(cx: PageCx, Path(name): Path<String>) -> Result<Response, WebError> {
+    let (web, q, tz) = (&cx.web, &cx.q, cx.tz);
     let engine = web.engine();
     let j = job_of(&engine, &name)?;
     let n = match q.get("n").filter(|s| !s.is_empty()) {
@@ -410,7 +446,7 @@ pub async fn job(
             }
         },
     };
-    let now = window_end(&q)?;
+    let now = window_end(q)?;
     let ivs = recent_intervals(&j.calendar, now, n);
     let recs = match (ivs.last(), ivs.first()) {
         (Some(old), Some(new)) => {
@@ -450,7 +486,7 @@ pub async fn job(
         .filter(|r| Some(r.interval.start) == selected)
         .map(|r| (r.step.as_str(), r.state.as_str()))
         .collect();
-    let layout = dag_layout(&web, &engine, j);
+    let layout = dag_layout(web, &engine, j);
     let job_href = format!("/jobs/{}", url_encode(&j.name));
     let dag = svg::dag(
         &layout,
@@ -524,9 +560,8 @@ pub async fn job(
         dag => minijinja::Value::from_safe_string(dag),
         durations => minijinja::Value::from_safe_string(svg::durations(&points)),
         runs => ser(runs.iter().take(20).map(run_row).collect::<Vec<_>>()),
-        ..base_ctx(&web, &headers, &q, "job", j.name.clone(), tz)
     };
-    Ok(web.render("job.html", ctx)?.into_response())
+    cx.render("job.html", "job", j.name.clone(), ctx)
 }
 
 #[derive(Serialize)]
@@ -648,14 +683,12 @@ fn interval_of(j: &Job, start: DateTime<Utc>) -> Result<Interval, WebError> {
 }
 
 async fn interval_page(
-    web: &Web,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
+    cx: &PageCx,
     j: &Job,
     iv: Interval,
     run: Option<RunRecord>,
 ) -> Result<Response, WebError> {
-    let tz = page_tz(q)?;
+    let (web, q) = (&cx.web, &cx.q);
     let recs = web
         .store()
         .step_states(&j.name, iv.start, iv.start + TimeDelta::seconds(1))
@@ -708,7 +741,6 @@ async fn interval_page(
         step => only_step,
         attempts => ser(shown),
         gantt => minijinja::Value::from_safe_string(gantt),
-        ..base_ctx(web, headers, q, "interval", title, tz)
     };
     let fragment = q.get("fragment").is_some_and(|f| f == "1");
     let page = if fragment {
@@ -716,30 +748,28 @@ async fn interval_page(
     } else {
         "interval.html"
     };
-    Ok(web.render(page, ctx)?.into_response())
+    cx.render(page, "interval", title, ctx)
 }
 
 /// `GET /jobs/{job}/intervals/{start}[?step=S][&fragment=1]`: every attempt of one interval; with
 /// `fragment=1` only the panel the grid shows when a cell is clicked (one request).
 pub async fn interval(
-    State(web): State<Web>,
-    headers: HeaderMap,
+    cx: PageCx,
     Path((name, start)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, WebError> {
+    let web = &cx.web;
     let engine = web.engine();
     let j = job_of(&engine, &name)?;
     let iv = interval_of(j, parse_start(&start)?)?;
-    interval_page(&web, &headers, &q, j, iv, None).await
+    interval_page(&cx, j, iv, None).await
 }
 
 /// `GET /jobs/{job}/runs/{run}`: one run (what alerts link to): its attempts and Gantt.
 pub async fn run(
-    State(web): State<Web>,
-    headers: HeaderMap,
+    cx: PageCx,
     Path((name, id)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, WebError> {
+    let web = &cx.web;
     let engine = web.engine();
     let j = job_of(&engine, &name)?;
     let id: i64 = id
@@ -750,7 +780,7 @@ pub async fn run(
         _ => return Err(WebError::not_found(format!("{name} has no run {id}"))),
     };
     let iv = r.interval;
-    interval_page(&web, &headers, &q, j, iv, Some(r)).await
+    interval_page(&cx, j, iv, Some(r)).await
 }
 
 #[derive(Serialize)]
@@ -766,12 +796,8 @@ struct LagRow {
 }
 
 /// `GET /lag`: consumer lag of every `kafka_to_s3` step, per topic partition.
-pub async fn lag(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn lag(cx: PageCx) -> Result<Response, WebError> {
+    let (web, q) = (&cx.web, &cx.q);
     let rows: Vec<LagRow> = web
         .store()
         .consumer_lag(q.get("job").map(String::as_str).filter(|s| !s.is_empty()))
@@ -816,9 +842,8 @@ pub async fn lag(
         rows => ser(rows),
         charts => charts,
         total => total,
-        ..base_ctx(&web, &headers, &q, "lag", "Lag".into(), tz)
     };
-    Ok(web.render("lag.html", ctx)?.into_response())
+    cx.render("lag.html", "lag", "Lag".into(), ctx)
 }
 
 /// A column of a differing row: its name, the production value and the warehouse value.
@@ -866,14 +891,10 @@ fn keys(v: Option<&serde_json::Value>, limit: usize) -> Vec<String> {
 
 /// `GET /validation`: each `validate` step's latest reports (counts, missing, extra and
 /// differing rows with both values per column, from the report file when it is local).
-pub async fn validation(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn validation(cx: PageCx) -> Result<Response, WebError> {
+    let (web, q) = (&cx.web, &cx.q);
     let engine = web.engine();
-    let now = window_end(&q)?;
+    let now = window_end(q)?;
     let mut reports = Vec::new();
     for j in &engine.project.jobs {
         let vsteps: Vec<&str> = j
@@ -989,18 +1010,13 @@ pub async fn validation(
     let ctx = minijinja::context! {
         reports => ser(reports),
         until => q.get("until"),
-        ..base_ctx(&web, &headers, &q, "validation", "Validation".into(), tz)
     };
-    Ok(web.render("validation.html", ctx)?.into_response())
+    cx.render("validation.html", "validation", "Validation".into(), ctx)
 }
 
 /// `GET /alerts`: what was sent, held back or failed, newest first.
-pub async fn alerts(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn alerts(cx: PageCx) -> Result<Response, WebError> {
+    let (web, q) = (&cx.web, &cx.q);
     let rows: Vec<_> = web
         .store()
         .alerts(
@@ -1027,18 +1043,13 @@ pub async fn alerts(
         .collect();
     let ctx = minijinja::context! {
         alerts => rows,
-        ..base_ctx(&web, &headers, &q, "alerts", "Alerts".into(), tz)
     };
-    Ok(web.render("alerts.html", ctx)?.into_response())
+    cx.render("alerts.html", "alerts", "Alerts".into(), ctx)
 }
 
 /// `GET /requests`: triggers and submitted backfills with their progress.
-pub async fn requests(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn requests(cx: PageCx) -> Result<Response, WebError> {
+    let web = &cx.web;
     let mut rows = Vec::new();
     for r in web.store().requests(false, 100).await? {
         let runs = web.store().request_runs(r.id).await?;
@@ -1086,18 +1097,13 @@ pub async fn requests(
     }
     let ctx = minijinja::context! {
         requests => rows,
-        ..base_ctx(&web, &headers, &q, "requests", "Requests".into(), tz)
     };
-    Ok(web.render("requests.html", ctx)?.into_response())
+    cx.render("requests.html", "requests", "Requests".into(), ctx)
 }
 
 /// `GET /daemons`: every daemon on the store, its role, heartbeat and running steps.
-pub async fn daemons(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn daemons(cx: PageCx) -> Result<Response, WebError> {
+    let web = &cx.web;
     let now = Utc::now();
     let rows: Vec<_> = web
         .store()
@@ -1122,18 +1128,13 @@ pub async fn daemons(
         .collect();
     let ctx = minijinja::context! {
         daemons => rows,
-        ..base_ctx(&web, &headers, &q, "daemons", "Daemons".into(), tz)
     };
-    Ok(web.render("daemons.html", ctx)?.into_response())
+    cx.render("daemons.html", "daemons", "Daemons".into(), ctx)
 }
 
 /// `GET /audit`: every action taken in the dashboard, who and when.
-pub async fn audit(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, WebError> {
-    let tz = page_tz(&q)?;
+pub async fn audit(cx: PageCx) -> Result<Response, WebError> {
+    let web = &cx.web;
     let rows: Vec<_> = web
         .store()
         .actions(200)
@@ -1153,9 +1154,8 @@ pub async fn audit(
         .collect();
     let ctx = minijinja::context! {
         actions => rows,
-        ..base_ctx(&web, &headers, &q, "audit", "Audit".into(), tz)
     };
-    Ok(web.render("audit.html", ctx)?.into_response())
+    cx.render("audit.html", "audit", "Audit".into(), ctx)
 }
 
 #[cfg(test)]

@@ -94,8 +94,7 @@ pub fn grid(
     }
     out.push_str("</g>");
     // One path per state; equal neighbours in a row merged into one rectangle.
-    let mut paths: HashMap<&'static str, String> = HashMap::new();
-    let mut order: Vec<&'static str> = Vec::new();
+    let mut paths = StatePaths::default();
     for r in 0..rows.len() {
         let y = HEADER_H + CELL_H * r as u32;
         let mut c = 0;
@@ -106,22 +105,11 @@ pub fn grid(
                 end += 1;
             }
             let x = LABEL_W + CELL_W * c as u32;
-            let w = CELL_W * (end - c) as u32 - 1;
-            let d = paths.entry(s).or_insert_with(|| {
-                order.push(s);
-                String::new()
-            });
-            let _ = write!(d, "M{x} {y}h{w}v{}h-{w}z", CELL_H - 1);
+            paths.rect(s, x, y, CELL_W * (end - c) as u32 - 1, CELL_H - 1);
             c = end;
         }
     }
-    for s in order {
-        let _ = write!(
-            out,
-            "<path class=\"s-{s}\" d=\"{}\"/>",
-            paths.get(s).map(String::as_str).unwrap_or("")
-        );
-    }
+    paths.write_to(&mut out);
     out.push_str("<g class=\"live\"></g></svg>");
     out
 }
@@ -131,16 +119,9 @@ pub fn grid(
 pub fn strip(states: &[&'static str], starts: &[DateTime<Utc>], href: &str) -> String {
     let (w, h) = (8u32, 14u32);
     let width = w * states.len() as u32;
-    let mut paths: Vec<(&'static str, String)> = Vec::new();
+    let mut paths = StatePaths::default();
     for (i, s) in states.iter().enumerate() {
-        let d = match paths.iter_mut().find(|(k, _)| k == s) {
-            Some((_, d)) => d,
-            None => {
-                paths.push((s, String::new()));
-                &mut paths.last_mut().expect("just pushed").1
-            }
-        };
-        let _ = write!(d, "M{} 0h{}v{h}h-{}z", w * i as u32, w - 1, w - 1);
+        paths.rect(s, w * i as u32, 0, w - 1, h);
     }
     let starts: Vec<String> = starts.iter().map(|t| t.timestamp().to_string()).collect();
     let mut out = format!(
@@ -151,11 +132,33 @@ pub fn strip(states: &[&'static str], starts: &[DateTime<Utc>], href: &str) -> S
         esc(href),
         states.len()
     );
-    for (s, d) in paths {
-        let _ = write!(out, "<path class=\"s-{s}\" d=\"{d}\"/>");
-    }
+    paths.write_to(&mut out);
     out.push_str("</svg>");
     out
+}
+
+/// Rectangles grouped by state: one `<path>` per state (in the order the states first appear),
+/// so a picture of thousands of cells is a handful of elements.
+#[derive(Default)]
+struct StatePaths(Vec<(&'static str, String)>);
+
+impl StatePaths {
+    fn rect(&mut self, state: &'static str, x: u32, y: u32, w: u32, h: u32) {
+        let i = match self.0.iter().position(|(s, _)| *s == state) {
+            Some(i) => i,
+            None => {
+                self.0.push((state, String::new()));
+                self.0.len() - 1
+            }
+        };
+        let _ = write!(self.0[i].1, "M{x} {y}h{w}v{h}h-{w}z");
+    }
+
+    fn write_to(self, out: &mut String) {
+        for (s, d) in self.0 {
+            let _ = write!(out, "<path class=\"s-{s}\" d=\"{d}\"/>");
+        }
+    }
 }
 
 /// A node of a DAG picture.

@@ -264,3 +264,77 @@ pub async fn loaded_objects(target: &str) -> i64 {
     ))
     .await
 }
+
+/// A MariaDB table `{name} (id, v)` of `rows` rows, for exports that take a while; its name.
+pub async fn seed_export_table(name: &str, rows: u32) -> String {
+    use mysql_async::prelude::Queryable;
+    let table = unique(name);
+    let mut my = mysql().await;
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(64)) CHARACTER SET utf8mb4"
+    ))
+    .await
+    .expect("create");
+    my.query_drop(format!(
+        "INSERT INTO {table} SELECT seq, CONCAT('row ', seq, ' of the export, padded to be a real row')
+         FROM seq_1_to_{rows}"
+    ))
+    .await
+    .expect("fill");
+    table
+}
+
+/// The PostgreSQL session running a statement that matches the LIKE `pattern`, looked for every
+/// 20 ms for up to `within`: its pid.
+pub async fn pg_session_running(pattern: &str, within: Duration) -> Option<i32> {
+    let finder = pg().await;
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        let found = finder
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 \
+                 AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1",
+                &[&pattern],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i32>(0));
+        if found.is_some() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// The MariaDB connection reading `table` (a `SELECT … FROM … table`), looked for every 20 ms for
+/// up to `within`: its id.
+pub async fn mysql_session_reading(table: &str, within: Duration) -> Option<i64> {
+    use mysql_async::prelude::Queryable;
+    let mut finder = mysql().await;
+    let sql = format!(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT%FROM%{table}%' \
+         AND ID <> CONNECTION_ID() LIMIT 1"
+    );
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Ok(Some(id)) = finder.query_first::<i64, _>(sql.as_str()).await {
+            return Some(id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// An export's objects under `prefix` (without its manifest), keyed by their name under it,
+/// with their lines: what two exports of the same table must agree on.
+pub async fn exported_objects(prefix: &str) -> Vec<(String, Vec<String>)> {
+    let (s3c, bucket) = s3();
+    read_objects(&s3c, &bucket, &format!("{prefix}/"))
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("_manifest.json"))
+        .map(|(k, lines)| (k[prefix.len()..].to_string(), lines))
+        .collect()
+}
