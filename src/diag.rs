@@ -109,12 +109,37 @@ impl Diagnostic {
         };
         let loc = self.location();
         if loc.is_empty() {
-            format!("{sev}: {}", self.message)
+            format!("{sev}: {}", shorten(&self.message))
         } else {
-            format!("{sev}: {loc}: {}", self.message)
+            format!("{sev}: {loc}: {}", shorten(&self.message))
         }
     }
 }
+
+/// The message with every word over [`LONG_WORD`] characters (a 40,000-character value quoted in
+/// it) cut to its start, an ellipsis and its length: the message stays readable.
+pub fn shorten(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.chars().count() <= LONG_WORD {
+        return message.into();
+    }
+    let mut out = String::with_capacity(LONG_WORD * 2);
+    for (i, word) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let n = word.chars().count();
+        if n > LONG_WORD {
+            out.extend(word.chars().take(LONG_WORD / 2));
+            out.push_str(&format!("…({n} characters)"));
+        } else {
+            out.push_str(word);
+        }
+    }
+    out.into()
+}
+
+/// See [`shorten`].
+const LONG_WORD: usize = 120;
 
 /// The findings of one run, with the text of the files they point into.
 #[derive(Debug, Default)]
@@ -227,10 +252,20 @@ impl Diagnostics {
                 Severity::Error => CsDiagnostic::error(),
                 Severity::Warning => CsDiagnostic::warning(),
             }
-            .with_message(d.message.clone());
+            .with_message(shorten(&d.message).into_owned());
             let mut plain_location = None;
+            let mut excerpt = None;
             if let (Some(file), Some(pos)) = (&d.file, d.pos) {
-                if let Some(text) = self.source(file) {
+                let long = self.source(file).and_then(|text| {
+                    text.split('\n')
+                        .nth(pos.line.saturating_sub(1))
+                        .filter(|l| l.chars().count() > LONG_LINE)
+                });
+                if let Some(line) = long {
+                    // The whole line would bury the message: a window of it around the column.
+                    plain_location = Some(d.location());
+                    excerpt = Some(window(line.trim_end_matches('\r'), pos));
+                } else if let Some(text) = self.source(file) {
                     let id = match ids.iter().find(|(f, _)| f == file) {
                         Some((_, id)) => *id,
                         None => {
@@ -249,6 +284,9 @@ impl Diagnostics {
             let mut notes = Vec::new();
             if let Some(loc) = plain_location {
                 notes.push(format!("in {loc}"));
+            }
+            if let Some(x) = excerpt {
+                notes.push(x);
             }
             if let Some(h) = &d.help {
                 notes.push(format!("help: {h}"));
@@ -274,6 +312,38 @@ impl Diagnostics {
         });
         redactor.redact(&doc.to_string())
     }
+}
+
+/// Lines longer than this (in characters) are shown as a window around the column.
+const LONG_LINE: usize = 200;
+/// Characters shown on each side of the column in such a window.
+const WINDOW_SIDE: usize = 60;
+
+/// `…before|text|after…` of a long `line` around `pos`, and a caret line under the text.
+fn window(line: &str, pos: Pos) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let at = pos.col.saturating_sub(1).min(chars.len());
+    let len = pos.len.clamp(1, WINDOW_SIDE);
+    let from = at.saturating_sub(WINDOW_SIDE);
+    let to = (at + len + WINDOW_SIDE).min(chars.len());
+    let mut shown: String = chars[from..to]
+        .iter()
+        .map(|c| if c.is_control() { ' ' } else { *c })
+        .collect();
+    let lead = if from > 0 { "…" } else { "" };
+    if to < chars.len() {
+        shown.push('…');
+    }
+    let pad = lead.chars().count() + (at - from);
+    format!(
+        "line {} is {} characters long; columns {}-{} of it:\n{lead}{shown}\n{}{}",
+        pos.line,
+        chars.len(),
+        from + 1,
+        to,
+        " ".repeat(pad),
+        "^".repeat(len.min(to.saturating_sub(at)).max(1))
+    )
 }
 
 /// The byte range in `text` that `pos` covers (clamped to the line).
@@ -326,6 +396,40 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_very_long_line_is_shown_as_a_window_around_the_column() {
+        let mut line = "x".repeat(40_000);
+        line.replace_range(20_000..20_003, "BAD");
+        let text = format!("a: 1\nb: {line}\n");
+        let mut ds = Diagnostics::default();
+        ds.add_source("f.yaml", &text);
+        ds.push(
+            Diagnostic::error("bad-value", "bad value")
+                .in_file("f.yaml")
+                .at(Some(Pos {
+                    line: 2,
+                    col: 20_004,
+                    len: 3,
+                })),
+        );
+        let out = ds.render(&Redactor::default());
+        assert!(out.len() < 1_000, "{} bytes: {out}", out.len());
+        assert!(out.contains("in f.yaml:2:20004"), "{out}");
+        assert!(
+            out.contains("line 2 is 40003 characters long; columns 19944-20066 of it:"),
+            "{out}"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let shown = lines
+            .iter()
+            .position(|l| l.contains("…x") && l.contains("BAD"))
+            .expect(&out);
+        let (text_line, caret_line) = (lines[shown], lines[shown + 1]);
+        let col = |l: &str, pat: &str| l.find(pat).map(|b| l[..b].chars().count());
+        assert_eq!(col(text_line, "BAD"), col(caret_line, "^^^"), "{out}");
+        assert!(text_line.trim_end().ends_with('…'));
+    }
 
     #[test]
     fn renders_caret_under_the_offending_text() {

@@ -879,7 +879,14 @@ fn build_job(
     };
     let tz_or_utc = tz.unwrap_or(Tz::UTC);
     let sched = match Schedule::parse(&raw.schedule, tz_or_utc) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            for note in s.notes() {
+                let mut d = file.error_at_value(&root.key("schedule"), "cron-step", note.clone());
+                d.severity = crate::diag::Severity::Warning;
+                out.push(d);
+            }
+            Some(s)
+        }
         Err(e) => {
             report_schedule_error(&e, file, &root.key("schedule"), out);
             None
@@ -908,6 +915,9 @@ fn build_job(
                 ),
             ));
         }
+    }
+    if let (Some(s), Some(sched)) = (start, sched.as_ref()) {
+        start_warnings(s, sched, end, file, &root.key("start"), out);
     }
     let mar = raw
         .max_active_runs
@@ -1168,4 +1178,54 @@ fn upstream_outputs_placeholder(after: &[Dep]) -> serde_json::Value {
         m.insert(name, serde_json::json!({ "outputs": {} }));
     }
     serde_json::Value::Object(m)
+}
+
+/// A start whose intervals surprise: before 1970 (intervals are computed from 1970-01-01 on, the
+/// first the schedule can compute), or so far ahead that the job will not run for years, or past
+/// the last year the schedule computes (2100): it never runs.
+fn start_warnings(
+    start: DateTime<Utc>,
+    sched: &Schedule,
+    end: Option<DateTime<Utc>>,
+    file: &crate::yaml::SourceFile,
+    at: &crate::yaml::YamlPath,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut warn = |code: &'static str, msg: String| {
+        let mut d = file.error_at_value(at, code, msg);
+        d.severity = crate::diag::Severity::Warning;
+        out.push(d);
+    };
+    let first = sched.first_at_or_after(start);
+    let Some(first) = first.filter(|f| end.is_none_or(|e| *f < e)) else {
+        warn(
+            "never-runs",
+            format!(
+                "the job has no interval from its start ({}) on: schedules are computed up to the year 2100, so it never runs",
+                start.format("%Y-%m-%d")
+            ),
+        );
+        return;
+    };
+    if start < DateTime::<Utc>::UNIX_EPOCH {
+        warn(
+            "start-before-1970",
+            format!(
+                "start {} is before 1970: the job's intervals begin at {}, the first one the schedule computes",
+                start.format("%Y-%m-%d"),
+                first.to_rfc3339()
+            ),
+        );
+    }
+    let years = (first - Utc::now()).num_days() / 365;
+    if years >= 1 {
+        warn(
+            "start-far-ahead",
+            format!(
+                "the job will not run for {years} year{}: its first interval starts {}",
+                if years == 1 { "" } else { "s" },
+                first.format("%Y-%m-%d")
+            ),
+        );
+    }
 }

@@ -377,6 +377,8 @@ struct Fields {
 
 struct Parser<'a> {
     expr: &'a str,
+    /// What an accepted but surprising field means (a step larger than its field's span).
+    notes: std::cell::RefCell<Vec<String>>,
 }
 
 impl Parser<'_> {
@@ -418,6 +420,13 @@ impl Parser<'_> {
         };
         if first.starts_with('@') {
             let span = first_start..first_start + first.len();
+            if first.eq_ignore_ascii_case("@every") {
+                let arg = tokens.get(1).map(|t| t.1).unwrap_or("");
+                return Err(self.err(
+                    every_message(arg),
+                    Some(first_start..self.expr.trim_end().len()),
+                ));
+            }
             if let Some(&(s, _)) = tokens.get(1) {
                 return Err(self.err(
                     format!("the macro '{first}' must be the whole expression"),
@@ -621,11 +630,23 @@ impl Parser<'_> {
             None => 1,
             Some((text, step_start)) => self.parse_step(text, step_start, kind, start)?,
         };
+        if step > 1 && step > hi - lo {
+            // Vixie cron and cronie accept it: the first value only.
+            self.notes.borrow_mut().push(format!(
+                "'{item}' in the {} field means {} {lo} only: a step larger than the span {lo}-{hi} \
+                 takes just the first value (as cron does); write {lo} to say so",
+                kind.name(),
+                kind.name()
+            ));
+        }
         let mut bits = 0u64;
         let mut v = lo;
         while v <= hi {
             bits |= 1u64 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(n) => v = n,
+                None => break,
+            }
         }
         Ok(bits)
     }
@@ -657,9 +678,15 @@ impl Parser<'_> {
                 format!("{} step must be at least 1", kind.name()),
                 Some(span),
             )),
-            Ok(n) if n <= limit => Ok(n),
-            _ => Err(self.err(
-                format!("{} step {} is out of range 1-{}", kind.name(), text, limit),
+            // Larger than the span: accepted, as cron does (see `parse_item`).
+            Ok(n) => Ok(n),
+            Err(_) => Err(self.err(
+                format!(
+                    "{} step {} is too large (a step larger than {} means the first value only)",
+                    kind.name(),
+                    text,
+                    limit
+                ),
                 Some(span),
             )),
         }
@@ -747,6 +774,35 @@ impl Parser<'_> {
                 Some(span),
             )),
         }
+    }
+}
+
+/// What to write instead of `@every <arg>` (a Go cron extension, not a cron macro): the cron
+/// expression for the same period where there is one.
+fn every_message(arg: &str) -> String {
+    let cron = humantime::parse_duration(arg).ok().and_then(|d| {
+        let secs = d.as_secs();
+        match secs {
+            s if s > 0 && s < 60 && 60 % s == 0 => Some(format!("*/{s} * * * * *")),
+            s if s >= 60 && s < 3600 && s % 60 == 0 && 60 % (s / 60) == 0 => {
+                Some(format!("*/{} * * * *", s / 60))
+            }
+            3600 => Some("0 * * * *".to_string()),
+            s if s > 3600 && s < 86_400 && s % 3600 == 0 && 24 % (s / 3600) == 0 => {
+                Some(format!("0 */{} * * *", s / 3600))
+            }
+            86_400 => Some("@daily".to_string()),
+            _ => None,
+        }
+    });
+    let base = "'@every' is not a cron macro (it is an extension of some Go schedulers): a cranium \
+                schedule is a cron expression or one of @yearly, @monthly, @weekly, @daily, @hourly";
+    match cron {
+        Some(c) => format!("{base}; for every {arg} write \"{c}\""),
+        None => format!(
+            "{base}; write the period as cron fields, e.g. \"*/5 * * * *\" for every 5 minutes or \
+             \"*/30 * * * * *\" (seconds first) for every 30 seconds"
+        ),
     }
 }
 
@@ -844,6 +900,8 @@ pub struct Schedule {
     /// Vixie wildcard job: fires at both occurrences of repeated wall times and not at all in
     /// skipped ones (see the module doc).
     wildcard: bool,
+    /// See [`Schedule::notes`].
+    notes: Vec<String>,
 }
 
 impl fmt::Display for Schedule {
@@ -855,7 +913,10 @@ impl fmt::Display for Schedule {
 impl Schedule {
     /// Parses a standard (Vixie) cron expression to be evaluated in `tz`.
     pub fn parse(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
-        let parser = Parser { expr };
+        let parser = Parser {
+            expr,
+            notes: Default::default(),
+        };
         let fields = parser.parse()?;
         let crons = parser.quartz_schedules(&fields)?;
         Ok(Schedule {
@@ -863,7 +924,13 @@ impl Schedule {
             tz,
             crons,
             wildcard: fields.wildcard,
+            notes: parser.notes.into_inner(),
         })
+    }
+
+    /// What parts of the expression mean where that may surprise (for `check`'s warnings).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// The expression exactly as given to [`Schedule::parse`].
@@ -940,6 +1007,9 @@ impl Schedule {
     /// wall-clock time treated as if it were UTC (wall-clock seconds: seconds since
     /// 1970-01-01T00:00:00 of the wall clock); `None` outside [`CRON_WALL`] (the crate's years).
     fn wall_next(&self, w: i64) -> Option<i64> {
+        // Before 1970 on the wall clock there are no fire times (the crate's years begin
+        // there): the first one at or after such a `w` is the first from 1970 on.
+        let w = w.max(*CRON_WALL.start());
         if !CRON_WALL.contains(&w) {
             return None;
         }
@@ -1034,10 +1104,11 @@ impl Schedule {
 
     /// First fire instant `>= s` (epoch seconds).
     fn next_at_or_after_sec(&self, s: i64) -> Option<i64> {
-        if !(MIN_INSTANT..=MAX_INSTANT).contains(&s) {
+        // A query from before the searched range starts where it does (nothing fires earlier).
+        let mut s = s.max(MIN_INSTANT);
+        if s > MAX_INSTANT {
             return None;
         }
-        let mut s = s;
         loop {
             let o = self.offset_at(s)?;
             if !self.wildcard {
@@ -1179,7 +1250,12 @@ mod tests {
 
     impl Vixie {
         fn new(expr: &str) -> Vixie {
-            let fields = Parser { expr }.parse().unwrap_or_else(|e| panic!("{e}"));
+            let fields = Parser {
+                expr,
+                notes: Default::default(),
+            }
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
             let bit = |bits: u64, v: u32| bits & (1u64 << v) != 0;
             let mut times = Vec::new();
             for h in (0..24).filter(|&h| bit(fields.hour, h)) {
@@ -1545,7 +1621,8 @@ mod tests {
                 assert_eq!(s.wall_next(w), secs(vixie.next(wall(w), last)), "{expr}");
                 assert_eq!(s.wall_prev(w), secs(vixie.prev(wall(w), first)), "{expr}");
             }
-            assert_eq!(s.wall_next(lo_edge - 1), None, "{expr}");
+            // Before 1970: the first from 1970 on.
+            assert_eq!(s.wall_next(lo_edge - 1), s.wall_next(lo_edge), "{expr}");
             assert_eq!(s.wall_prev(hi_edge + 1), None, "{expr}");
             assert_eq!(s.wall_next(hi_edge + 1), None, "{expr}");
             assert_eq!(s.wall_prev(lo_edge - 1), None, "{expr}");
@@ -1561,7 +1638,12 @@ mod tests {
     #[test]
     fn quartz_translation() {
         let q = |expr: &str| {
-            let mut p = Parser { expr }.parse().map(|f| f.quartz_expressions());
+            let mut p = Parser {
+                expr,
+                notes: Default::default(),
+            }
+            .parse()
+            .map(|f| f.quartz_expressions());
             if let Ok(v) = &mut p {
                 v.sort();
             }
@@ -1697,7 +1779,7 @@ mod tests {
     fn error_syntax_details() {
         let cases: &[(&str, &str, Range<usize>)] = &[
             ("*/0 * * * *", "minute step must be at least 1", 2..3),
-            ("*/60 * * * *", "minute step 60 is out of range 1-59", 2..4),
+            ("*/99999999999 * * * *", "minute step 99999999999 is too large (a step larger than 59 means the first value only)", 2..13),
             ("*/x * * * *", "minute step 'x' is not a number", 2..3),
             ("*/ * * * *", "missing minute step after '/'", 0..2),
             ("0 5-1 * * *", "hour range 5-1 is backwards (the start must not exceed the end)", 2..5),
@@ -2212,14 +2294,16 @@ mod tests {
         // A start with sub-second precision does not include the fire time before it.
         let ivs = s.intervals(t + Duration::milliseconds(1), t + Duration::days(2));
         assert_eq!(starts(&ivs), vec![z("2026-05-11T00:00:00Z")]);
-        // Only the cron crate's wall-clock years 1970-2100 have fire times: queries starting
-        // outside them return None; extreme instants do not panic.
-        for t in [
-            DateTime::<Utc>::MIN_UTC,
-            z("1969-12-31T12:00:00Z"),
-            z("2101-01-01T00:00:00Z"),
-            DateTime::<Utc>::MAX_UTC,
-        ] {
+        // Only the cron crate's wall-clock years 1970-2100 have fire times: a query from before
+        // them gets the first fire time from 1970 on, one after them nothing; extreme instants do
+        // not panic.
+        let first = s.first_at_or_after(z("1970-01-01T00:00:00Z"));
+        for t in [DateTime::<Utc>::MIN_UTC, z("1969-12-31T12:00:00Z")] {
+            assert_eq!(s.next_after(t), first, "{t}");
+            assert_eq!(s.prev_at_or_before(t), None, "{t}");
+            assert_eq!(s.interval_containing(t), None, "{t}");
+        }
+        for t in [z("2101-01-01T00:00:00Z"), DateTime::<Utc>::MAX_UTC] {
             assert_eq!(s.next_after(t), None, "{t}");
             assert_eq!(s.prev_at_or_before(t), None, "{t}");
             assert_eq!(s.interval_containing(t), None, "{t}");
@@ -2254,8 +2338,9 @@ mod tests {
         );
         // The range is in wall-clock time: 1970 starts at 05:00Z in New York.
         let ny = Schedule::parse("0 2 * * *", Tz::America__New_York).expect("parse");
-        assert_eq!(ny.next_after(DateTime::<Utc>::MIN_UTC), None);
-        assert_eq!(ny.next_after(z("1970-01-01T04:00:00Z")), None);
+        let first_ny = Some(z("1970-01-01T07:00:00Z"));
+        assert_eq!(ny.next_after(DateTime::<Utc>::MIN_UTC), first_ny);
+        assert_eq!(ny.next_after(z("1970-01-01T04:00:00Z")), first_ny);
         assert_eq!(
             ny.next_after(z("1970-01-01T04:59:59Z")),
             Some(z("1970-01-01T07:00:00Z"))
@@ -2527,5 +2612,124 @@ mod tests {
             e.starts_with("invalid time '2026-13-01': no such date or time"),
             "{e}"
         );
+    }
+
+    // --- Edges found against croniter and an independent implementation (issue 16) -----------
+
+    #[test]
+    fn a_query_from_before_1970_gets_the_intervals_from_1970_on() {
+        let s = utc_sched("@daily");
+        let ivs = s.intervals(z("1969-12-31T00:00:00Z"), z("1970-01-03T00:00:00Z"));
+        assert_eq!(
+            starts(&ivs),
+            [z("1970-01-01T00:00:00Z"), z("1970-01-02T00:00:00Z")]
+        );
+        // In New York 1970-01-01T04:59:59Z is still 1969 on the wall clock: the same two.
+        let ny = Schedule::parse("@daily", parse_timezone("America/New_York").expect("tz"))
+            .expect("parse");
+        let to = z("1970-01-03T05:00:00Z");
+        let a = ny.intervals(z("1970-01-01T04:59:59Z"), to);
+        let b = ny.intervals(z("1970-01-01T05:00:00Z"), to);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a, b);
+        assert_eq!(
+            ny.first_at_or_after(z("1900-01-01T00:00:00Z")),
+            Some(z("1970-01-01T05:00:00Z"))
+        );
+        // A job starting in 1960 is due now, not ended.
+        let c = Calendar {
+            schedule: utc_sched("@daily"),
+            start: z("1960-01-01T00:00:00Z"),
+            end: None,
+        };
+        let due = c.next_due(z("2026-12-04T10:00:00Z")).expect("due");
+        assert_eq!(due.start, z("2026-12-04T00:00:00Z"));
+    }
+
+    #[test]
+    fn steps_larger_than_the_field_take_its_first_value_as_cron_does() {
+        let cases = [
+            ("*/60 * * * *", "'*/60' in the minute field means minute 0 only: a step larger than the span 0-59 takes just the first value (as cron does); write 0 to say so"),
+            ("0 */24 * * *", "'*/24' in the hour field means hour 0 only: a step larger than the span 0-23 takes just the first value (as cron does); write 0 to say so"),
+            ("0 0 */31 * *", "'*/31' in the day-of-month field means day-of-month 1 only: a step larger than the span 1-31 takes just the first value (as cron does); write 1 to say so"),
+            ("0 0 * * */8", "'*/8' in the day-of-week field means day-of-week 0 only: a step larger than the span 0-7 takes just the first value (as cron does); write 0 to say so"),
+            ("0 0 1-31/32 * *", "'1-31/32' in the day-of-month field means day-of-month 1 only: a step larger than the span 1-31 takes just the first value (as cron does); write 1 to say so"),
+        ];
+        for (expr, note) in cases {
+            let s = utc_sched(expr);
+            assert_eq!(s.notes(), [note.to_string()], "{expr}");
+        }
+        let fires = |expr: &str| {
+            starts(&utc_sched(expr).intervals(z("2026-03-01T00:00:00Z"), z("2026-03-10T00:00:00Z")))
+        };
+        assert_eq!(fires("*/60 * * * *"), fires("0 * * * *"));
+        assert_eq!(fires("0 */24 * * *"), fires("0 0 * * *"));
+        assert_eq!(fires("0 0 * * */8"), fires("0 0 * * 0"));
+        assert_eq!(
+            starts(
+                &utc_sched("0 0 */31 * *")
+                    .intervals(z("2026-01-01T00:00:00Z"), z("2026-04-01T00:00:00Z"))
+            ),
+            starts(
+                &utc_sched("0 0 1 * *")
+                    .intervals(z("2026-01-01T00:00:00Z"), z("2026-04-01T00:00:00Z"))
+            )
+        );
+        assert!(
+            utc_sched("*/45 * * * *").notes().is_empty(),
+            "0 and 45: no surprise"
+        );
+        assert!(cron_err("*/99999999999 * * * *").0.contains("too large"));
+    }
+
+    #[test]
+    fn a_half_hour_dst_change_gives_an_hourly_job_one_90_minute_interval() {
+        // Australia/Lord_Howe moves its clocks by 30 minutes: 02:00 -> 02:30 on 2026-10-04, and
+        // 02:00 -> 01:30 on 2026-04-05. An hourly job gets 23 intervals and 24, one of each 90
+        // minutes long; no other interval is longer or shorter than an hour, none overlaps.
+        let tz = parse_timezone("Australia/Lord_Howe").expect("tz");
+        let s = Schedule::parse("0 * * * *", tz).expect("parse");
+        for ((y, m, d), count) in [((2026, 10, 4), 23), ((2026, 4, 5), 24)] {
+            let (from, to) = local_day(tz, y, m, d);
+            let ivs = s.intervals(from, to);
+            assert_eq!(ivs.len(), count, "{y}-{m}-{d}: {ivs:?}");
+            assert_contiguous(&ivs);
+            let long: Vec<&Interval> = ivs
+                .iter()
+                .filter(|i| i.end - i.start != Duration::hours(1))
+                .collect();
+            assert_eq!(long.len(), 1, "{long:?}");
+            assert_eq!(long[0].end - long[0].start, Duration::minutes(90));
+            assert_eq!(long[0].start_local(tz).hour(), 1);
+        }
+        // Antarctica/Troll moves its clocks by two hours: 22 intervals and 26.
+        let troll = parse_timezone("Antarctica/Troll").expect("tz");
+        let s = Schedule::parse("0 * * * *", troll).expect("parse");
+        let (from, to) = local_day(troll, 2026, 3, 29);
+        assert_eq!(s.intervals(from, to).len(), 22);
+        let (from, to) = local_day(troll, 2026, 10, 25);
+        assert_eq!(s.intervals(from, to).len(), 26);
+    }
+
+    #[test]
+    fn every_is_not_a_cron_macro_and_the_message_says_what_to_write() {
+        let (m, span) = cron_err("@every 5m");
+        assert_eq!(
+            m,
+            "'@every' is not a cron macro (it is an extension of some Go schedulers): a cranium schedule is a cron expression or one of @yearly, @monthly, @weekly, @daily, @hourly; for every 5m write \"*/5 * * * *\""
+        );
+        assert_eq!(span, Some(0..9));
+        assert!(cron_err("@every 30s")
+            .0
+            .ends_with("for every 30s write \"*/30 * * * * *\""));
+        assert!(cron_err("@every 2h")
+            .0
+            .ends_with("for every 2h write \"0 */2 * * *\""));
+        assert!(cron_err("@every 7m")
+            .0
+            .contains("write the period as cron fields"));
+        assert!(cron_err("@every")
+            .0
+            .contains("write the period as cron fields"));
     }
 }

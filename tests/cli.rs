@@ -280,3 +280,144 @@ fn logs_are_plain_text_off_a_terminal() {
         assert!(!stderr.contains('\u{1b}'), "escape codes in: {stderr:?}");
     }
 }
+
+/// A project in a temporary folder with one job file `j.yaml` (SQLite store, no connections).
+fn edge_project(job: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("cranium.yaml"), "name: edges\n").expect("cranium.yaml");
+    std::fs::create_dir(dir.path().join("jobs")).expect("jobs");
+    std::fs::write(dir.path().join("jobs/j.yaml"), job).expect("job");
+    dir
+}
+
+const NOOP: &str = "steps:\n  - id: a\n    kind: noop\n";
+
+#[test]
+fn dates_before_1970_give_the_intervals_from_1970_on() {
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"@daily\"\nstart: 1960-01-01\n{NOOP}"
+    ));
+    let out = cranium(
+        &[
+            "plan",
+            "j",
+            "--from",
+            "1969-12-31T00:00:00Z",
+            "--to",
+            "1970-01-03T00:00:00Z",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("2 intervals"), "{s}");
+    assert!(
+        s.contains("1970-01-01T00:00:00+00:00  ->  1970-01-02T00:00:00+00:00"),
+        "{s}"
+    );
+    assert!(
+        s.contains("1970-01-02T00:00:00+00:00  ->  1970-01-03T00:00:00+00:00"),
+        "{s}"
+    );
+    // A backfill over that range runs both.
+    let out = cranium(
+        &[
+            "backfill",
+            "j",
+            "--from",
+            "1969-12-31T00:00:00Z",
+            "--to",
+            "1970-01-03T00:00:00Z",
+            "--dry-run",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("1970-01-01") && s.contains("1970-01-02"), "{s}");
+    // check says where its intervals begin, and `list` shows it as due, not ended.
+    let out = cranium(&["check"], dir.path());
+    let s = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        s.contains("start 1960-01-01 is before 1970: the job's intervals begin at 1970-01-01T00:00:00+00:00"),
+        "{s}"
+    );
+    let out = cranium(&["list"], dir.path());
+    let s = text(&out.stdout);
+    assert!(!s.contains("ended"), "{s}");
+}
+
+#[test]
+fn a_start_far_ahead_is_a_warning_and_one_past_2100_never_runs() {
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"@daily\"\nstart: 2090-01-01\n{NOOP}"
+    ));
+    let s = text(&cranium(&["check"], dir.path()).stdout);
+    assert!(
+        s.contains("the job will not run for 63 years: its first interval starts 2090-01-01"),
+        "{s}"
+    );
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"@daily\"\nstart: 2200-01-01\n{NOOP}"
+    ));
+    let out = cranium(&["check", "--strict"], dir.path());
+    assert!(!out.status.success());
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("the job has no interval from its start (2200-01-01) on: schedules are computed up to the year 2100, so it never runs"),
+        "{s}"
+    );
+}
+
+#[test]
+fn large_steps_are_accepted_with_a_warning_and_every_gets_advice() {
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"*/60 * * * *\"\nstart: 2026-01-01\n{NOOP}"
+    ));
+    let out = cranium(&["check"], dir.path());
+    assert!(
+        out.status.success(),
+        "a warning only: {}",
+        text(&out.stdout)
+    );
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("'*/60' in the minute field means minute 0 only"),
+        "{s}"
+    );
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"@every 5m\"\nstart: 2026-01-01\n{NOOP}"
+    ));
+    let s = text(&cranium(&["check"], dir.path()).stdout);
+    assert!(s.contains("'@every' is not a cron macro"), "{s}");
+    assert!(s.contains("for every 5m write \"*/5 * * * *\""), "{s}");
+}
+
+#[test]
+fn an_unknown_job_names_the_jobs_and_how_to_list_them() {
+    let out = cranium(&["run", "nosuchjob"], &root());
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: unknown job 'nosuchjob' (the jobs are events_daily, events_hourly, product_daily, verify_daily); `cranium list` shows every job"
+    );
+    let out = cranium(&["run", "events_dialy"], &root());
+    assert!(
+        text(&out.stderr).contains("unknown job 'events_dialy', did you mean 'events_daily'"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_diagnostic_on_a_40000_character_line_shows_a_window_of_it() {
+    let long = "x".repeat(40_000);
+    let dir = edge_project(&format!(
+        "job: j\nschedule: \"@daily\"\nstart: 2026-01-01\ndescription: {long}\nretires: 3\nsteps:\n  - id: a\n    kind: noop\n    sleep: {long}\n"
+    ));
+    let out = cranium(&["check"], dir.path());
+    let s = text(&out.stdout);
+    assert!(s.len() < 5_000, "{} bytes of output", s.len());
+    assert!(s.contains("characters long; columns"), "{s}");
+    assert!(s.contains('…'), "{s}");
+}

@@ -188,12 +188,7 @@ pub fn graph(
     let failed = report(&c, err);
     if let Some(j) = job {
         if c.project.job(j).is_none() {
-            let names: Vec<&str> = c.project.jobs.iter().map(|j| j.name.as_str()).collect();
-            let _ = writeln!(
-                err,
-                "error: unknown job '{j}'{}",
-                crate::diag::did_you_mean(j, names)
-            );
+            let _ = writeln!(err, "error: {}", unknown_job(&c, j));
             return EXIT_USAGE;
         }
     }
@@ -203,6 +198,29 @@ pub fn graph(
     } else {
         EXIT_OK
     }
+}
+
+/// "unknown job 'x'", with the nearest names (or all of them, in a small project) and how to
+/// list them.
+pub(crate) fn unknown_job(c: &Checked, name: &str) -> String {
+    let mut names: Vec<&str> = c.project.jobs.iter().map(|j| j.name.as_str()).collect();
+    names.sort_unstable();
+    let mut near: Vec<(usize, &str)> = names
+        .iter()
+        .map(|n| (strsim::levenshtein(name, n), *n))
+        .filter(|(d, n)| *d <= name.len().max(n.len()) / 2 || n.contains(name) || name.contains(n))
+        .collect();
+    near.sort();
+    let hint = match (near.as_slice(), names.len()) {
+        (_, 0) => " (the project has no jobs: job files go under jobs/)".to_string(),
+        ([], n) if n <= 8 => format!(" (the jobs are {})", names.join(", ")),
+        ([], n) => format!(" ({n} jobs, none with a similar name)"),
+        (near, _) => {
+            let list: Vec<String> = near.iter().take(3).map(|(_, n)| format!("'{n}'")).collect();
+            format!(", did you mean {}?", list.join(" or "))
+        }
+    };
+    format!("unknown job '{name}'{hint}; `cranium list` shows every job")
 }
 
 /// `cranium plan JOB --from T --to T`: the logical intervals a backfill over the range would run.
@@ -220,12 +238,7 @@ pub fn plan(
     };
     let failed = report(&c, err);
     let Some(j) = c.project.job(job) else {
-        let names: Vec<&str> = c.project.jobs.iter().map(|j| j.name.as_str()).collect();
-        let _ = writeln!(
-            err,
-            "error: unknown job '{job}'{}",
-            crate::diag::did_you_mean(job, names)
-        );
+        let _ = writeln!(err, "error: {}", unknown_job(&c, job));
         return EXIT_USAGE;
     };
     let (f, t) = match (

@@ -135,12 +135,7 @@ fn cancel_on_signals(token: CancellationToken) {
 
 pub(crate) fn job_of<'a>(c: &'a Checked, name: &str, err: &mut dyn Write) -> Result<&'a Job, i32> {
     c.project.job(name).ok_or_else(|| {
-        let names: Vec<&str> = c.project.jobs.iter().map(|j| j.name.as_str()).collect();
-        let _ = writeln!(
-            err,
-            "error: unknown job '{name}'{}",
-            crate::diag::did_you_mean(name, names)
-        );
+        let _ = writeln!(err, "error: {}", super::unknown_job(c, name));
         EXIT_USAGE
     })
 }
