@@ -1080,3 +1080,185 @@ steps:
         .await
         .expect("drop");
 }
+
+/// A PostgreSQL cluster of this test's own (`crstore`, port 5433, trust), created once with
+/// Debian's `pg_createcluster`: a metadata store that can be stopped without stopping the
+/// warehouse on 5432.
+fn store_cluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .expect("a PostgreSQL version");
+    if !Path::new(&format!("/etc/postgresql/{version}/crstore")).exists() {
+        let out = Command::new("pg_createcluster")
+            .args([&version, "crstore", "-p", "5433", "--", "-A", "trust"])
+            .output()
+            .expect("pg_createcluster");
+        assert!(out.status.success(), "pg_createcluster: {}", text(&out));
+    }
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "crstore", "status"])
+        .output()
+        .expect("pg_ctlcluster status");
+    let running = status.status.success();
+    if (action == "start") == running {
+        return;
+    }
+    let mut args = vec!["--skip-systemctl-redirect", &version, "crstore", action];
+    if action == "stop" {
+        args.extend(["-m", "fast"]);
+    }
+    let out = Command::new("pg_ctlcluster")
+        .args(&args)
+        .output()
+        .expect("pg_ctlcluster");
+    assert!(
+        out.status.success(),
+        "pg_ctlcluster {action}: {}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops a PostgreSQL cluster for 30 s: run by scripts/faults.sh"]
+async fn the_metadata_store_stopped_for_30s_under_a_running_daemon() {
+    store_cluster("start");
+    let sfx = suffix();
+    let state = format!("postgres://postgres@127.0.0.1:5433/postgres?schema=outage_{sfx}");
+    let t = format!("dcli_outage_{sfx}");
+    let db = pg().await;
+    db.batch_execute(&format!("CREATE TABLE {t} (step text NOT NULL)"))
+        .await
+        .expect("create table");
+    let job = format!(
+        r#"job: o
+schedule: "@daily"
+catchup: false
+start: 2026-11-01
+steps:
+  - id: a
+    kind: sql
+    connection: warehouse
+    retries: 0
+    query: |
+      INSERT INTO {t} (step) VALUES ('a');
+      SELECT pg_sleep(12);
+  - id: b
+    kind: sql
+    after: [a]
+    connection: warehouse
+    query: INSERT INTO {t} (step) VALUES ('b')
+"#
+    );
+    let p = Project::new("", &[("o", &job)]);
+    let yaml = std::fs::read_to_string(p.path().join("cranium.yaml"))
+        .expect("cranium.yaml")
+        .replace(&format!("state: {STATE}"), &format!("state: {state}"));
+    std::fs::write(
+        p.path().join("cranium.yaml"),
+        format!(
+            "{yaml}alerts:\n  sink:\n    kind: command\n    command: [sh, -c, \"cat >> alerts.jsonl; echo >> alerts.jsonl\"]\n"
+        ),
+    )
+    .expect("cranium.yaml");
+    let store = Store::open(&state, p.path()).await.expect("the store");
+    let d = DaemonProc::start(&p, "daemon");
+    wait_ready(&d, p.port).await;
+    let run = wait_step_running(&store, &d, "o", "a").await;
+
+    store_cluster("stop");
+    let stopped = Instant::now();
+    // The daemon notices: not ready (with the reason), an alert, and its loop still ticks.
+    let (code, body) = wait_for(Duration::from_secs(20), || async {
+        get(p.port, "/readyz").await.ok().filter(|(c, _)| *c == 503)
+    })
+    .await
+    .unwrap_or_else(|| panic!("/readyz stayed 200 with the store down:\n{}", d.log()));
+    assert_eq!(code, 503);
+    assert!(body.contains("not ready"), "{body}");
+    let alerts = p.path().join("alerts.jsonl");
+    wait_for(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&alerts)
+            .ok()
+            .filter(|a| a.contains("store_unreachable"))
+    })
+    .await
+    .unwrap_or_else(|| panic!("no store_unreachable alert:\n{}", d.log()));
+    assert_eq!(get(p.port, "/livez").await.expect("livez").0, 200);
+    // The step it had goes on: it commits its work in the warehouse while the store is away.
+    wait_for(Duration::from_secs(25), || async {
+        let n: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {t} WHERE step = 'a'"), &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("step a did not commit during the outage:\n{}", d.log()));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "still within the outage"
+    );
+
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
+    store_cluster("start");
+
+    // The step ran on meanwhile; once the store is back its records are written, and the run goes on.
+    let store = Store::open(&state, p.path())
+        .await
+        .expect("the store again");
+    let done = wait_for(Duration::from_secs(90), || async {
+        store
+            .run(run.id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|r| r.state == RunState::Success)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the run did not succeed after the outage:\n{}", d.log()));
+    assert!(done.ended_at.is_some());
+    let a = attempts_of(&store, "o", run.interval.start, "a").await;
+    assert_eq!(a.len(), 1, "one attempt, not retried: {a:?}\n{}", d.log());
+    assert_eq!(a[0].state, StepState::Success, "{a:?}");
+    assert!(
+        a[0].ended_at.is_some() && a[0].duration_ms.unwrap_or(0) >= 12_000,
+        "{a:?}"
+    );
+    assert!(
+        d.log().contains("recorded the end of an attempt after"),
+        "its end was recorded by retrying: {}",
+        d.log()
+    );
+    let b = attempts_of(&store, "o", run.interval.start, "b").await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].state, StepState::Success);
+    for step in ["a", "b"] {
+        assert_eq!(
+            step_state(&store, "o", step, run.interval.start).await,
+            Some(StepState::Success)
+        );
+    }
+    let rows: Vec<String> = db
+        .query(&format!("SELECT step FROM {t} ORDER BY step"), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, ["a", "b"], "each step's work once");
+    wait_for(Duration::from_secs(20), || async {
+        get(p.port, "/readyz").await.ok().filter(|(c, _)| *c == 200)
+    })
+    .await
+    .unwrap_or_else(|| panic!("/readyz did not recover:\n{}", d.log()));
+    let sent = std::fs::read_to_string(&alerts).unwrap_or_default();
+    assert!(sent.contains("reachable again"), "{sent}");
+    drop(d);
+    db.batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .expect("drop");
+}

@@ -199,6 +199,7 @@ suite!(
     requeue_stale_requeues_dead_daemon_runs_only,
     claim_step_leases,
     leases_renew_and_release,
+    an_expired_lease_nobody_took_is_renewed_after_an_outage,
     pausing_jobs,
     requests_lifecycle,
     requests_are_claimed_by_one_daemon,
@@ -1836,6 +1837,41 @@ async fn leases_renew_and_release(h: &Harness) {
     assert!(s.leases().await.unwrap().is_empty());
 }
 
+/// A store that was away longer than a lease's time to live: the runner's first renewal after it
+/// keeps the leases that nobody took over meanwhile, and not the one another runner took.
+async fn an_expired_lease_nobody_took_is_renewed_after_an_outage(h: &Harness) {
+    let s = &h.store;
+    let run = s
+        .create_daemon_run("j", hour(0), Trigger::Schedule, None, 0)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    for step in ["kept", "taken"] {
+        assert!(s
+            .claim_step("j", step, hour(0).start, "A", run, short, true, None)
+            .await
+            .unwrap()
+            .is_acquired());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s
+        .claim_step("j", "taken", hour(0).start, "B", run, MINUTE, true, None)
+        .await
+        .unwrap()
+        .is_acquired());
+    let renewed = s.renew_leases("A", MINUTE).await.unwrap();
+    assert_eq!(
+        renewed,
+        [("j".to_string(), "kept".to_string(), hour(0).start)]
+    );
+    assert!(matches!(
+        s.claim_step("j", "kept", hour(0).start, "B", run, MINUTE, true, None)
+            .await
+            .unwrap(),
+        Claim::Held { owner, .. } if owner == "A"
+    ));
+}
+
 async fn pausing_jobs(h: &Harness) {
     let s = &h.store;
     assert!(s.paused_jobs().await.unwrap().is_empty());
@@ -3217,4 +3253,105 @@ async fn a_succeeded_attempt_and_its_step_record_are_written_together(h: &Harnes
         .unwrap()
         .expect("record");
     assert_eq!(rec.state, StepState::Running);
+}
+
+/// The SQLite store's file system full (a 2 MB tmpfs, filled): the write fails with a message
+/// that says so and what to do, nothing half-written is left, and once there is room again the
+/// store is intact and takes writes. Needs root (it mounts a tmpfs); skipped without.
+#[tokio::test]
+async fn a_full_disk_under_the_sqlite_store_is_a_clear_error_and_corrupts_nothing() {
+    if !nix_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(mount.success(), "mount -t tmpfs: {mount}");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    let url = format!("sqlite://{}/state.db", mnt.display());
+    let s = Store::open(&url, dir.path())
+        .await
+        .expect("open on the tmpfs");
+    let run = s
+        .create_run("j", hour(0), Trigger::Manual)
+        .await
+        .expect("run");
+    let a = s
+        .begin_attempt(run, "j", "s", hour(0), 1, "logs/j/s/1.log")
+        .await
+        .expect("attempt");
+    // Fill the file system but for a few KB.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+    }
+    let big = json!({ "blob": "x".repeat(1024 * 1024) });
+    let result = AttemptResult {
+        state: Some(StepState::Success),
+        error: None,
+        rows_affected: Some(1),
+        bytes: None,
+        outputs: big.clone(),
+    };
+    let e = s
+        .finish_attempt(a, &result)
+        .await
+        .expect_err("no room for a 1 MB output");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("sqlite store: finish_attempt: database or disk is full: the file system that holds the store is full; free space there and run again"),
+        "{msg}"
+    );
+    assert!(!e.is_unreachable(), "retrying does not make room");
+
+    // Room again: the failed write left nothing, the store is whole and takes the write.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let before = s
+        .attempts("j", hour(0).start, Some("s"))
+        .await
+        .expect("attempts");
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        before[0].state,
+        StepState::Running,
+        "the failed write changed nothing"
+    );
+    s.finish_attempt(a, &result).await.expect("room again");
+    let after = s
+        .attempts("j", hour(0).start, Some("s"))
+        .await
+        .expect("attempts");
+    assert_eq!(after[0].state, StepState::Success);
+    assert_eq!(after[0].outputs, big);
+    drop(s);
+    let conn = rusqlite::Connection::open(mnt.join("state.db")).expect("open");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+}
+
+fn nix_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }

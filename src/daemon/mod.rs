@@ -1016,13 +1016,28 @@ impl Daemon {
             })
             .map(|(id, _)| *id)
             .collect();
+        let mut ended = false;
         for id in &done {
-            let Some(a) = self.active.remove(id) else {
+            let Some(mut a) = self.active.remove(id) else {
                 continue;
             };
             let job = a.run.job.clone();
             let lost = a.run.is_lost();
-            let report = a.run.finish(&a.engine, false).await?;
+            let report = match a.run.finish(&a.engine, false).await {
+                Ok(r) => r,
+                Err(EngineError::Store(e)) if e.is_unreachable() => {
+                    // Kept, and recorded on a later pass once the store answers again.
+                    tracing::warn!(
+                        job,
+                        run_id = id,
+                        "recording the end of the run: {e} (trying again on the next pass)"
+                    );
+                    self.active.insert(*id, a);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            ended = true;
             if lost {
                 // Another daemon took it over: it records the run's end and its request's.
                 continue;
@@ -1042,7 +1057,7 @@ impl Daemon {
                 self.request_run_ended(rid, a.trigger, report.state).await;
             }
         }
-        Ok(!done.is_empty())
+        Ok(ended)
     }
 
     async fn request_run_ended(&mut self, rid: i64, trigger: Trigger, state: RunState) {
@@ -1473,6 +1488,9 @@ impl Daemon {
                         .count()
                         .max(1);
                 }
+                // Alone on the store, an outage of it cancels no attempt (nobody can take one
+                // over meanwhile); with others, an attempt whose lease is not renewed stops.
+                self.engine.leases.set_alone(self.fleet_size <= 1);
                 self.store
                     .daemon_beat(
                         &self.id,
@@ -2037,7 +2055,7 @@ impl Daemon {
         }
         let ids: Vec<i64> = self.active.keys().copied().collect();
         for id in ids {
-            if let Some(a) = self.active.remove(&id) {
+            if let Some(mut a) = self.active.remove(&id) {
                 let requeue = a.request.is_none_or(|r| {
                     self.backfills.contains_key(&r) || a.trigger == Trigger::Manual
                 });

@@ -10,6 +10,7 @@
 //! long pause) rolls back instead of committing once it wakes up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,12 @@ struct Held {
 #[derive(Clone, Default)]
 pub struct LeaseBook {
     held: Arc<Mutex<HashMap<LeaseKey, Held>>>,
+    /// No other runner is known to share the store (a daemon alone on it): while the store is
+    /// unreachable nobody can take a lease over, so attempts are not cancelled for want of a
+    /// renewal (see [`LeaseBook::set_alone`]).
+    alone: Arc<AtomicBool>,
+    /// The last renewal got no answer from the store (it is unreachable).
+    unanswered: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for LeaseBook {
@@ -58,6 +65,32 @@ impl LeaseBook {
     }
 
     /// The attempt ended: its lease is released.
+    /// Whether this runner is the only one on its store (a daemon learns it from the store's
+    /// daemon heartbeats). Alone, an outage of the store does not cancel the attempts: when it
+    /// answers again, the renewal says which leases are still this runner's (all of them, unless
+    /// another runner appeared and took some over, whose attempts are then cancelled).
+    pub fn set_alone(&self, alone: bool) {
+        self.alone.store(alone, Ordering::Relaxed);
+    }
+
+    /// Whether the last renewal was answered by the store (refused or not) or got no answer.
+    pub fn set_answered(&self, answered: bool) {
+        self.unanswered.store(!answered, Ordering::Relaxed);
+    }
+
+    /// How long a lease stays trusted after its renewal: `margin`, or three times that (one and a
+    /// half lease times) while a runner alone on its store cannot reach it. Nobody can take the
+    /// lease over then until the run's heartbeat is two lease times old (see
+    /// `Store::requeue_stale`), so a store that restarts within that time stops no attempt; a
+    /// longer outage stops them before anyone else may start them.
+    fn trust(&self, margin: Duration) -> Duration {
+        if self.alone.load(Ordering::Relaxed) && self.unanswered.load(Ordering::Relaxed) {
+            margin * 3
+        } else {
+            margin
+        }
+    }
+
     pub fn release(&self, key: &LeaseKey) {
         self.lock().remove(key);
     }
@@ -76,6 +109,7 @@ impl LeaseBook {
     /// Cancels the attempts whose lease was last renewed more than `margin` ago; returns their
     /// keys.
     pub fn cancel_overdue(&self, margin: Duration) -> Vec<LeaseKey> {
+        let margin = self.trust(margin);
         let mut out = Vec::new();
         for (k, h) in self.lock().iter() {
             if h.renewed.elapsed() > margin && !h.cancel.is_cancelled() {
@@ -88,6 +122,7 @@ impl LeaseBook {
 
     /// Whether the lease is still trusted: held, and renewed within `margin`.
     pub fn held(&self, key: &LeaseKey, margin: Duration) -> bool {
+        let margin = self.trust(margin);
         self.lock()
             .get(key)
             .is_some_and(|h| h.renewed.elapsed() <= margin)
@@ -114,6 +149,32 @@ mod tests {
         assert_eq!(book.cancel_overdue(m), vec![key()]);
         assert!(cancel.is_cancelled());
         assert!(book.cancel_overdue(m).is_empty(), "cancelled once");
+    }
+
+    #[test]
+    fn alone_on_an_unreachable_store_a_lease_is_trusted_three_times_longer() {
+        let (book, m) = (LeaseBook::default(), Duration::from_millis(20));
+        let cancel = CancellationToken::new();
+        book.hold(key(), cancel.clone());
+        std::thread::sleep(Duration::from_millis(30));
+        book.set_alone(true);
+        assert!(
+            !book.held(&key(), m),
+            "alone, but the store answered: the usual margin"
+        );
+        book.set_answered(false);
+        assert!(book.held(&key(), m), "alone and unanswered: 60 ms");
+        assert!(book.cancel_overdue(m).is_empty());
+        book.set_alone(false);
+        assert!(
+            !book.held(&key(), m),
+            "with others on the store: the usual margin"
+        );
+        book.set_alone(true);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!book.held(&key(), m), "past three margins");
+        assert_eq!(book.cancel_overdue(m), vec![key()]);
+        assert!(cancel.is_cancelled());
     }
 
     #[test]

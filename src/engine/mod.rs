@@ -173,7 +173,13 @@ pub struct Engine {
     pub notifier: Option<crate::alerts::Notifier>,
     /// The leases this process holds (shared by the versions of a reloaded project).
     pub leases: leases::LeaseBook,
+    /// How long a step's records are retried while the metadata store is unreachable (the work is
+    /// done or under way; only its record waits), before the attempt is given up as failed.
+    pub store_patience: Duration,
 }
+
+/// [`Engine::store_patience`] unless set: a store restart or a failover fits well within it.
+pub const STORE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Step outputs, as templates read them.
 type Outputs = serde_json::Map<String, serde_json::Value>;
@@ -193,6 +199,48 @@ impl Engine {
             lease_ttl: Duration::from_secs(30),
             notifier: None,
             leases: leases::LeaseBook::default(),
+            store_patience: STORE_PATIENCE,
+        }
+    }
+
+    /// Runs one store write of a step's progress, again and again with backoff (250 ms doubling
+    /// to 10 s) while the store is unreachable, for up to [`Engine::store_patience`]: a store that
+    /// restarts under a running step delays its record, it does not lose it. Other errors (a
+    /// fenced write, a bad value) are returned at once.
+    async fn durably<T, F, Fut>(&self, op: &str, mut write: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        let mut failures = 0u32;
+        loop {
+            match write().await {
+                Err(e) if e.is_unreachable() && started.elapsed() < self.store_patience => {
+                    if failures == 0 {
+                        tracing::warn!(
+                            "recording {op}: the metadata store is unreachable ({e}); retrying with \
+                             backoff for up to {}",
+                            humantime::format_duration(self.store_patience)
+                        );
+                    }
+                    failures += 1;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Ok(v) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            "recorded {op} after {failures} failed tries over {:.1}s: the metadata \
+                             store is reachable again",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(v);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -213,16 +261,27 @@ impl Engine {
                 tokio::select! {
                     _ = guard.cancelled() => break,
                     _ = tokio::time::sleep(ttl / 3) => {
-                        match tokio::time::timeout(ttl / 3, store.renew_leases(&owner, ttl)).await {
-                            Ok(Ok(keys)) => book.renewed(&keys),
-                            Ok(Err(e)) => tracing::warn!("renewing step leases: {e}"),
-                            Err(_) => tracing::warn!(
-                                "renewing step leases: the metadata store did not answer within {:?}",
-                                ttl / 3
-                            ),
-                        }
-                        // Not renewed for half their time to live: another runner may take them
-                        // over soon, so their attempts stop now.
+                        let answered = match tokio::time::timeout(ttl / 3, store.renew_leases(&owner, ttl)).await {
+                            Ok(Ok(keys)) => {
+                                book.renewed(&keys);
+                                true
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!("renewing step leases: {e}");
+                                !e.is_unreachable()
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    "renewing step leases: the metadata store did not answer within {:?}",
+                                    ttl / 3
+                                );
+                                false
+                            }
+                        };
+                        book.set_answered(answered);
+                        // Not renewed for half their time to live (one and a half, alone on a
+                        // store that does not answer; see `LeaseBook::held`): another runner may
+                        // take them over soon, so their attempts stop now.
                         for (job, step, start) in book.cancel_overdue(ttl / 2) {
                             tracing::error!(
                                 job, step, interval_start = %start,
@@ -419,6 +478,7 @@ impl Engine {
                 None => {}
             }
         }
+        let mut run = run;
         run.finish(self, false).await
     }
 
@@ -440,18 +500,23 @@ impl Engine {
             step: step.to_string(),
             source,
         })?;
-        match fence {
-            Some(token) => {
-                self.store
-                    .set_step_state_fenced(run_id, job, step, interval, to, attempt, outputs, token)
-                    .await?
+        self.durably("a step's state", || async {
+            match fence {
+                Some(token) => {
+                    self.store
+                        .set_step_state_fenced(
+                            run_id, job, step, interval, to, attempt, outputs, token,
+                        )
+                        .await
+                }
+                None => {
+                    self.store
+                        .set_step_state(run_id, job, step, interval, to, attempt, outputs)
+                        .await
+                }
             }
-            None => {
-                self.store
-                    .set_step_state(run_id, job, step, interval, to, attempt, outputs)
-                    .await?
-            }
-        }
+        })
+        .await?;
         Ok(())
     }
 
@@ -462,14 +527,17 @@ impl Engine {
         attempt_id: i64,
         result: &AttemptResult,
     ) -> Result<(), crate::store::StoreError> {
-        match fence {
-            Some(token) => {
-                self.store
-                    .finish_attempt_fenced(attempt_id, result, token)
-                    .await
+        self.durably("the end of an attempt", || async {
+            match fence {
+                Some(token) => {
+                    self.store
+                        .finish_attempt_fenced(attempt_id, result, token)
+                        .await
+                }
+                None => self.store.finish_attempt(attempt_id, result).await,
             }
-            None => self.store.finish_attempt(attempt_id, result).await,
-        }
+        })
+        .await
     }
 
     /// Run one step with its retries. Store errors end the step as failed (and are logged).
@@ -584,20 +652,26 @@ impl Engine {
                 .unwrap_or(log.path())
                 .display()
                 .to_string();
-            let attempt_id = match fence {
-                Some(token) => {
-                    self.store
-                        .begin_attempt_fenced(
-                            run_id, job_name, &spec.id, interval, attempt, &log_path, token,
-                        )
-                        .await?
-                }
-                None => {
-                    self.store
-                        .begin_attempt(run_id, job_name, &spec.id, interval, attempt, &log_path)
-                        .await?
-                }
-            };
+            let attempt_id = self
+                .durably("the start of an attempt", || async {
+                    match fence {
+                        Some(token) => {
+                            self.store
+                                .begin_attempt_fenced(
+                                    run_id, job_name, &spec.id, interval, attempt, &log_path, token,
+                                )
+                                .await
+                        }
+                        None => {
+                            self.store
+                                .begin_attempt(
+                                    run_id, job_name, &spec.id, interval, attempt, &log_path,
+                                )
+                                .await
+                        }
+                    }
+                })
+                .await?;
             log.info(&format!(
                 "attempt {attempt} of {max_attempts}: {} step, interval {} .. {}",
                 spec.config.as_step().kind(),
@@ -672,7 +746,8 @@ impl Engine {
                                 recorded_at: now,
                             })
                             .collect();
-                        self.store.record_consumer_lag(&rows).await?;
+                        self.durably("consumer lag", || self.store.record_consumer_lag(&rows))
+                            .await?;
                     }
                     self.persist(
                         run_id,

@@ -514,8 +514,9 @@ impl ActiveRun {
 
     /// Records the end of the run: success when every step succeeded; failed when any did not;
     /// `requeue` (a daemon stopping with steps left): queued again, for the next daemon.
+    /// On an error nothing is taken: the caller may call it again (a store that was unreachable).
     pub async fn finish(
-        mut self,
+        &mut self,
         engine: &Engine,
         requeue: bool,
     ) -> Result<RunReport, EngineError> {

@@ -188,7 +188,7 @@ impl RequestState {
 /// Everything that can go wrong in the store. Database errors name the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite store: {op}: {source}")]
+    #[error("sqlite store: {op}: {}", sqlite::describe_error(.source))]
     Sqlite {
         op: &'static str,
         #[source]
@@ -242,6 +242,32 @@ pub enum StoreError {
     /// The blocking task running a SQLite operation panicked or was cancelled.
     #[error("sqlite store: {op}: the database thread failed: {message}")]
     Thread { op: &'static str, message: String },
+}
+
+impl StoreError {
+    /// The store could not be reached (refused or lost connection, no answer in time, a server
+    /// shutting down or starting up), as opposed to a refusal or a bad value: the same write may
+    /// succeed once the store is back, so a runner holding a finished step's result retries it.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::NoAnswer(..) => true,
+            StoreError::Postgres { source, .. } => match source.code() {
+                // No SQLSTATE: the connection itself failed (refused, reset, closed).
+                None => true,
+                // 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown,
+                // cannot connect now (starting up or shutting down).
+                Some(code) => {
+                    let c = code.code();
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                }
+            },
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<UnknownValue> for StoreError {

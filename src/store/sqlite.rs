@@ -57,6 +57,20 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The error, and what to do about the ones an operator can fix.
+pub fn describe_error(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => format!(
+            "{e}: the file system that holds the store is full; free space there and run again \
+             (the write was rolled back: the store is as it was before it)"
+        ),
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            format!("{e}: the store file or its folder is not writable by this user")
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { op, source }
 }

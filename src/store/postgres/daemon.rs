@@ -390,7 +390,7 @@ impl PgStore {
                 .query(
                     OP,
                     "UPDATE step_leases SET expires_at = now() + $2::bigint * interval '1 microsecond' \
-                     WHERE owner = $1 AND expires_at > now() RETURNING job, step, interval_start",
+                     WHERE owner = $1 RETURNING job, step, interval_start",
                     &[&owner, &ttl],
                 )
                 .await?;

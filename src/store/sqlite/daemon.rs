@@ -488,13 +488,11 @@ impl SqliteStore {
         self.call(OP, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "UPDATE step_leases SET expires_at = ?2 WHERE owner = ?1 AND expires_at > ?3 \
+                    "UPDATE step_leases SET expires_at = ?2 WHERE owner = ?1 \
                      RETURNING job, step, interval_start",
                 )
                 .map_err(err(OP))?;
-            let mut rows = stmt
-                .query(params![owner, until(ttl), ts(now())])
-                .map_err(err(OP))?;
+            let mut rows = stmt.query(params![owner, until(ttl)]).map_err(err(OP))?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(err(OP))? {
                 let start: String = r.get(2).map_err(err(OP))?;
