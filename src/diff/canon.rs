@@ -260,7 +260,9 @@ impl Canon {
             {
                 out.extend_from_slice(v)
             }
-            Canon::DateTime { fsp } if v.len() >= 19 => {
+            // At least `YYYY-MM-DD HH:MM:SS` once the offset is off; anything shorter is not a
+            // timestamp PostgreSQL prints, and goes the slow way (and cannot match).
+            Canon::DateTime { fsp } if v.strip_suffix(b"+00").unwrap_or(v).len() >= 19 => {
                 let v = v.strip_suffix(b"+00").unwrap_or(v);
                 let (whole, frac) = v.split_at(19);
                 let frac = frac.strip_prefix(b".").unwrap_or(frac);
@@ -322,6 +324,10 @@ fn push_len(n: usize, out: &mut Vec<u8>) {
 /// `frac` (the digits after the point) as MariaDB prints a value of `fsp` digits; more digits are
 /// kept when they are not zero, so a value finer than the source's precision cannot match.
 fn fraction(frac: &str, fsp: u32) -> String {
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        // Not digits (so not a time PostgreSQL prints): kept as written, it cannot match.
+        return format!(".{frac}");
+    }
     let mut d = frac.to_string();
     while d.len() < 6 {
         d.push('0');
@@ -420,9 +426,11 @@ fn hex_decode(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+    // By bytes: the text may hold any character, and only hex digits make a byte.
+    let nibble = |b: u8| (b as char).to_digit(16);
+    hex.as_bytes()
+        .chunks(2)
+        .map(|p| Some((nibble(p[0])? * 16 + nibble(p[1])?) as u8))
         .collect()
 }
 
@@ -678,6 +686,51 @@ mod tests {
             crate::db::postgres::copy_escape(v, &mut out);
             assert_eq!(copy_field(&out).as_deref(), v.map(str::as_bytes), "{v:?}");
         }
+    }
+
+    // Found by the fuzz target `copy_text` (fuzz/fuzz_targets/copy_text.rs): warehouse text that is
+    // not what PostgreSQL prints for the column's type is kept as it is (and cannot match), never a
+    // panic.
+    #[test]
+    fn a_short_timestamp_with_an_offset_is_kept_as_written() {
+        // 19 bytes with `+00`, 16 without (it panicked: "mid > len").
+        let mut out = Vec::new();
+        Canon::DateTime { fsp: 0 }.pg_row_part(Some(b"2026-03-01 12:00+00"), &mut out);
+        assert_eq!(out, b"2026-03-01 12:00");
+        out.clear();
+        Canon::DateTime { fsp: 3 }.pg_row_part(Some(b"2026-03-01 12:00:00.5+00"), &mut out);
+        assert_eq!(out, b"2026-03-01 12:00:00.500");
+    }
+
+    #[test]
+    fn a_fraction_that_is_not_digits_is_kept_as_written() {
+        // It panicked: "byte index 6 is not a char boundary".
+        assert_eq!(
+            Canon::Time { fsp: 6 }.from_pg("12:00:00.0000é".as_bytes(), true),
+            "12:00:00.0000é".as_bytes()
+        );
+        assert_eq!(
+            Canon::DateTime { fsp: 1 }.pg_display(b"2026-03-01 12:00:00.5\xff"),
+            "2026-03-01 12:00:00.5\u{fffd}"
+        );
+        assert_eq!(
+            Canon::DateTime { fsp: 2 }.pg_display(b"2026-03-01 12:00:00.\xe9"),
+            "2026-03-01 12:00:00.\u{fffd}"
+        );
+        assert_eq!(
+            Canon::Time { fsp: 2 }.pg_display(b"12:00:00.5"),
+            "12:00:00.50"
+        );
+    }
+
+    #[test]
+    fn hex_with_other_characters_is_kept_as_bytes() {
+        assert_eq!(
+            Canon::Binary.from_pg("\\xaé0".as_bytes(), true),
+            "\\xaé0".as_bytes()
+        );
+        assert_eq!(Canon::Binary.from_pg(b"\\x+f", true), b"\\x+f");
+        assert_eq!(Canon::Binary.from_pg(b"\\x00fF", true), [0x00, 0xff]);
     }
 
     #[test]

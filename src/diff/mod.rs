@@ -374,40 +374,71 @@ impl Ctx<'_> {
 
     /// A PostgreSQL COPY line's row text (in `row`): the length of its key's part and its CRC-32.
     fn pg_hash(&self, line: &[u8], row: &mut Vec<u8>) -> (usize, u32) {
-        row.clear();
-        let mut key = 0;
-        for (i, (field, col)) in line.split(|b| *b == b'\t').zip(&self.cols).enumerate() {
-            if i > 0 {
-                row.push(b',');
-            }
-            let v = canon::copy_field(field);
-            col.canon.pg_row_part(v.as_deref(), row);
-            if i + 1 == self.nkeys {
-                key = row.len();
-            }
-        }
-        (key, crc32fast::hash(row))
+        copy_line_hash(self.cols.iter().map(|c| &c.canon), self.nkeys, line, row)
     }
 
     fn pg_values(&self, line: &[u8]) -> Vec<Option<String>> {
-        line.split(|b| *b == b'\t')
-            .zip(&self.cols)
-            .map(|(field, col)| canon::copy_field(field).map(|v| col.canon.pg_display(&v)))
-            .collect()
+        copy_line_values(self.cols.iter().map(|c| &c.canon), line)
     }
 
     /// The fine segment of a PostgreSQL row (by its key text, or its integer key).
     fn fine_of(&self, seg: &Segments, line: &[u8], key_text: &[u8]) -> Option<u64> {
         match seg {
-            Segments::Ranges { lo, step, fine } => {
-                let first = line.split(|b| *b == b'\t').next()?;
-                let k: i128 = std::str::from_utf8(first).ok()?.parse().ok()?;
-                let f = (k - lo).div_euclid(*step);
-                (0..*fine as i128).contains(&f).then_some(f as u64)
-            }
+            Segments::Ranges { lo, step, fine } => copy_line_range(line, *lo, *step, *fine),
             Segments::Hash { buckets } => Some(u64::from(crc32fast::hash(key_text)) % buckets),
         }
     }
+}
+
+// The readers of a PostgreSQL COPY text line (what `COPY … TO STDOUT` writes, or a Redshift cursor's
+// row written as such a line). Public (hidden) for the fuzz target `fuzz/fuzz_targets/copy_text.rs`:
+// the line comes from the warehouse, so any bytes must give a value, never a panic.
+
+/// A COPY line's row text (in `row`), its columns read by `canons`: the length of the key's part (the
+/// first `nkeys` columns) and the CRC-32 of the text.
+#[doc(hidden)]
+pub fn copy_line_hash<'c>(
+    canons: impl Iterator<Item = &'c Canon>,
+    nkeys: usize,
+    line: &[u8],
+    row: &mut Vec<u8>,
+) -> (usize, u32) {
+    row.clear();
+    let mut key = 0;
+    for (i, (field, canon)) in line.split(|b| *b == b'\t').zip(canons).enumerate() {
+        if i > 0 {
+            row.push(b',');
+        }
+        let v = canon::copy_field(field);
+        canon.pg_row_part(v.as_deref(), row);
+        if i + 1 == nkeys {
+            key = row.len();
+        }
+    }
+    (key, crc32fast::hash(row))
+}
+
+/// A COPY line's values as shown and compared row by row (`None`: NULL).
+#[doc(hidden)]
+pub fn copy_line_values<'c>(
+    canons: impl Iterator<Item = &'c Canon>,
+    line: &[u8],
+) -> Vec<Option<String>> {
+    line.split(|b| *b == b'\t')
+        .zip(canons)
+        .map(|(field, canon)| canon::copy_field(field).map(|v| canon.pg_display(&v)))
+        .collect()
+}
+
+/// The fine segment of a COPY line whose first field is an integer key: `(key - lo) / step` when it
+/// is below `fine`.
+#[doc(hidden)]
+pub fn copy_line_range(line: &[u8], lo: i128, step: i128, fine: u64) -> Option<u64> {
+    let first = line.split(|b| *b == b'\t').next()?;
+    let k: i128 = std::str::from_utf8(first).ok()?.parse().ok()?;
+    // Any text can come back from the warehouse: a key far outside i64 is in no segment.
+    let f = k.checked_sub(lo)?.div_euclid(step);
+    (0..fine as i128).contains(&f).then_some(f as u64)
 }
 
 /// Compare the two tables of `spec`.
@@ -1400,6 +1431,21 @@ mod tests {
             sums.get(&3),
             Some(&(9_000_000_000, 36_893_488_147_419_103_232_123u128))
         );
+    }
+
+    #[test]
+    fn a_warehouse_key_far_outside_the_ranges_is_in_no_segment() {
+        // (key - lo) overflowed i128 for a 39-digit key (seen writing the fuzz target copy_text).
+        let lo = i128::from(i64::MIN);
+        assert_eq!(
+            copy_line_range(b"170141183460469231731687303715884105727\tx", lo, 1, 8),
+            None
+        );
+        assert_eq!(
+            copy_line_range(b"-9223372036854775807\tx", lo, 1, 8),
+            Some(1)
+        );
+        assert_eq!(copy_line_range(b"12x\tx", 0, 1, 8), None);
     }
 
     #[test]
