@@ -783,12 +783,12 @@ fn every_message(arg: &str) -> String {
     let cron = humantime::parse_duration(arg).ok().and_then(|d| {
         let secs = d.as_secs();
         match secs {
-            s if s > 0 && s < 60 && 60 % s == 0 => Some(format!("*/{s} * * * * *")),
-            s if s >= 60 && s < 3600 && s % 60 == 0 && 60 % (s / 60) == 0 => {
+            s if (1..60).contains(&s) && 60 % s == 0 => Some(format!("*/{s} * * * * *")),
+            s if (60..3600).contains(&s) && s % 60 == 0 && 60 % (s / 60) == 0 => {
                 Some(format!("*/{} * * * *", s / 60))
             }
             3600 => Some("0 * * * *".to_string()),
-            s if s > 3600 && s < 86_400 && s % 3600 == 0 && 24 % (s / 3600) == 0 => {
+            s if (3601..86_400).contains(&s) && s % 3600 == 0 && 24 % (s / 3600) == 0 => {
                 Some(format!("0 */{} * * *", s / 3600))
             }
             86_400 => Some("@daily".to_string()),
