@@ -3,11 +3,13 @@
 #   kafka  tansu (Kafka protocol, in-memory storage)  127.0.0.1:9092, topics app_events, api_requests
 #   s3     garage (single node)                        http://127.0.0.1:3900, bucket cranium-lake
 #
-# usage: scripts/services.sh up|down|status|reset|env
+# usage: scripts/services.sh up|down|stop SERVICE|status|reset|env
 #   up      install a missing binary (cargo install, ~10 min each, once), start what is not running,
 #           wait until both answer, create topics, layout, key and bucket; prints where they listen
 #           and the settings cranium.yaml reads. Idempotent: a second `up` changes nothing.
 #   down    stop both (SIGTERM, SIGKILL after a timeout), by the pid files in the state directory
+#   stop    stop one: `stop s3` (garage, keeping its data) or `stop kafka` (tansu); the fault tests
+#           stop a server under a running step this way, and `up` starts it again
 #   status  pid and answer of each; exit 0 when both are up and answering, 3 otherwise
 #   reset   down, delete the state directory (garage data, logs), up
 #   env     only the `export VAR=value` lines, for `eval "$(scripts/services.sh env)"`
@@ -43,6 +45,8 @@ S3_KEY_ID=GK31c2f218a2e44f485b94239e
 S3_SECRET=b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835
 S3_KEY_NAME=cranium-test
 S3_BUCKET=cranium-lake
+# The bucket where the fault tests' own tansu keeps its topics (a broker that survives a restart).
+S3_BROKER_BUCKET=cranium-broker
 
 GARAGE_CONFIG=$STATE_DIR/garage.toml
 TANSU= # the binaries, resolved (and installed when missing) by `up`
@@ -395,14 +399,17 @@ else:
       die "garage key import failed: $out (a deleted key id cannot be imported again: use 'reset')"
     log "garage: imported key $S3_KEY_ID ($S3_KEY_NAME)"
   fi
-  if ! gcli bucket info "$S3_BUCKET" >/dev/null 2>&1; then
-    gcli bucket create "$S3_BUCKET" >/dev/null
-    log "garage: created bucket $S3_BUCKET"
-  fi
-  if ! gcli bucket info "$S3_BUCKET" | grep -Eq "^RWO +$S3_KEY_ID"; then
-    gcli bucket allow --read --write --owner "$S3_BUCKET" --key "$S3_KEY_ID" >/dev/null
-    log "garage: granted $S3_KEY_NAME read, write and owner on $S3_BUCKET"
-  fi
+  local bucket
+  for bucket in "$S3_BUCKET" "$S3_BROKER_BUCKET"; do
+    if ! gcli bucket info "$bucket" >/dev/null 2>&1; then
+      gcli bucket create "$bucket" >/dev/null
+      log "garage: created bucket $bucket"
+    fi
+    if ! gcli bucket info "$bucket" | grep -Eq "^RWO +$S3_KEY_ID"; then
+      gcli bucket allow --read --write --owner "$bucket" --key "$S3_KEY_ID" >/dev/null
+      log "garage: granted $S3_KEY_NAME read, write and owner on $bucket"
+    fi
+  done
 
   wait_until garage "the S3 API on $S3_ADDR" probe s3-anon "http://$S3_ADDR/"
   wait_until garage "a signed ListObjectsV2 on $S3_BUCKET" \
@@ -442,6 +449,7 @@ export S3_REGION=$S3_REGION
 export S3_ACCESS_KEY_ID=$S3_KEY_ID
 export S3_SECRET_ACCESS_KEY=$S3_SECRET
 export S3_BUCKET=$S3_BUCKET
+export S3_BROKER_BUCKET=$S3_BROKER_BUCKET
 EOF
 }
 
@@ -477,6 +485,14 @@ cmd_down() {
   stop garage tansu
 }
 
+cmd_stop() {
+  case ${1:-} in
+    s3 | garage) stop garage ;;
+    kafka | tansu) stop tansu ;;
+    *) die "stop what? 'stop s3' or 'stop kafka'" ;;
+  esac
+}
+
 cmd_status() {
   local rc=0
   tansu_status || rc=3
@@ -498,11 +514,12 @@ cmd_reset() {
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 case ${1:-} in
-  up | down | reset | status) find_python ;;
+  up | down | stop | reset | status) find_python ;;
 esac
 case ${1:-} in
   up) lock; cmd_up ;;
   down) lock; cmd_down ;;
+  stop) lock; cmd_stop "${2:-}" ;;
   reset) lock; cmd_reset ;;
   status) cmd_status ;;
   env) print_env ;;

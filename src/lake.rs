@@ -68,6 +68,37 @@ impl Format {
     }
 }
 
+/// Checks a rendered S3 key prefix (slashes at both ends already trimmed): not empty (the step
+/// would write, and `mysql_to_s3` delete, at the top of the bucket), no `.` or `..` segment (S3
+/// keys are flat, but HTTP clients, proxies and some servers resolve dot segments, which would put
+/// objects outside the prefix), no empty segment (`a//b`), and no control character or backslash.
+/// The message says what is wrong; the caller names the step's field.
+pub fn check_key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err(
+            "it is empty: objects would go to the top of the bucket; give it a folder such as events/app"
+                .to_string(),
+        );
+    }
+    if let Some(c) = prefix.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!(
+            "it contains the character {c:?}: a key prefix takes no control characters or backslashes"
+        ));
+    }
+    for seg in prefix.split('/') {
+        match seg {
+            "" => return Err("it has an empty folder ('//')".to_string()),
+            "." | ".." => {
+                return Err(format!(
+                    "it has a '{seg}' folder, which could resolve outside the prefix; a key prefix takes plain folder names"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// `{prefix}/YYYY/MM/DD/HH` for an instant, in `tz`.
 pub fn hour_folder(prefix: &str, t: DateTime<Utc>, tz: Tz) -> String {
     let local = t.with_timezone(&tz);
@@ -344,6 +375,35 @@ pub fn decode(format: Format, data: &[u8]) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_prefixes_that_could_leave_their_folder_are_refused() {
+        for ok in [
+            "events",
+            "events/app_events",
+            "mysql/users/2026/03/01",
+            "a.b/c-d_e",
+        ] {
+            assert_eq!(check_key_prefix(ok), Ok(()), "{ok}");
+        }
+        let why = |p: &str| check_key_prefix(p).expect_err(p);
+        assert_eq!(
+            why(""),
+            "it is empty: objects would go to the top of the bucket; give it a folder such as events/app"
+        );
+        assert_eq!(
+            why("mysql/../../etc"),
+            "it has a '..' folder, which could resolve outside the prefix; a key prefix takes plain folder names"
+        );
+        assert!(why("a/./b").starts_with("it has a '.' folder"));
+        assert_eq!(why("a//b"), "it has an empty folder ('//')");
+        assert_eq!(
+            why("a\n/b"),
+            "it contains the character '\\n': a key prefix takes no control characters or backslashes"
+        );
+        assert!(why("a\\..\\b").contains("'\\\\'"));
+        assert!(why("a\0b").contains("'\\0'"));
+    }
 
     #[test]
     fn folders_follow_the_time_zone() {

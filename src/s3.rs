@@ -310,6 +310,29 @@ impl S3Client {
             return self.put(bucket, key, Bytes::from(body), content_type).await;
         }
 
+        // An earlier attempt whose server went away mid-upload could not abort its upload: such
+        // leftovers of this key are aborted now, so their parts do not linger (and bill) forever.
+        for (_, stale) in self
+            .open_uploads(bucket, key)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k == key)
+        {
+            tracing::info!(
+                bucket,
+                key,
+                upload_id = stale,
+                "aborting a multipart upload an earlier attempt left open"
+            );
+            self.client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&stale)
+                .send()
+                .await
+                .map_err(|e| self.error("abort_multipart_upload", bucket, key, e))?;
+        }
         let created = self
             .client
             .create_multipart_upload()
@@ -438,6 +461,42 @@ impl S3Client {
             .set_e_tag(out.e_tag().map(str::to_string))
             .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
             .build())
+    }
+
+    /// The multipart uploads begun and neither completed nor aborted under `prefix`, as (key,
+    /// upload id), every page.
+    pub async fn open_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, S3Error> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list_multipart_uploads", bucket, prefix, e))?;
+            for u in page.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    out.push((k.to_string(), id.to_string()));
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     /// The whole object in memory.

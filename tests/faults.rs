@@ -199,3 +199,94 @@ async fn a_mysql_export_whose_connection_is_killed_leaves_no_manifest_and_the_re
             .expect("clean");
     }
 }
+
+/// Hostile values from an upstream step's outputs (what a script computes from data it read):
+/// quoted with `sql_literal` they reach the warehouse as data, bound in the Lua API they are data,
+/// and in an S3 key prefix they cannot leave the step's folder or reach the top of the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_in_templated_fields_change_nothing_that_runs() {
+    let t = unique("hostile");
+    pg().await
+        .batch_execute(&format!("CREATE TABLE public.{t} (v text)"))
+        .await
+        .expect("create");
+    let evil = format!("x'); DROP TABLE public.{t}; --");
+    let (s3c, bucket) = s3();
+    let base = unique("cranium-tests/hostile");
+    // A sentinel object beside the step's folder: nothing may delete or overwrite it.
+    let sentinel = format!("{base}/other/users.00000.jsonl.gz");
+    s3c.put(
+        &bucket,
+        &sentinel,
+        bytes::Bytes::from_static(b"keep"),
+        "application/gzip",
+    )
+    .await
+    .expect("sentinel");
+    let table = seed_export_table("hostile_src", 10).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let lua = format!(
+        "  - id: up\n    kind: lua\n    code: |\n      ctx.outputs.evil = {evil:?}\n      ctx.outputs.up = \"../other\"\n      ctx.outputs.empty = \"/\"\n"
+    );
+    let e = job(
+        dir.path(),
+        &format!(
+            "{lua}  - id: insert\n    kind: sql\n    after: [up]\n    connection: warehouse\n    query: INSERT INTO public.{t} (v) VALUES ({{{{ steps.up.outputs.evil | sql_literal }}}})\n  - id: bound\n    kind: lua\n    after: [up]\n    code: |\n      cranium.execute(\"warehouse\", \"INSERT INTO public.{t} (v) VALUES ($1)\", ctx.steps.up.outputs.evil)\n  - id: traverse\n    kind: mysql_to_s3\n    after: [up]\n    retries: 0\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: \"{base}/mine/{{{{ steps.up.outputs.up }}}}\"\n  - id: top\n    kind: mysql_to_s3\n    after: [up]\n    retries: 0\n    connection: production\n    table: {table}\n    s3: lake\n    prefix: \"{{{{ steps.up.outputs.empty }}}}\"\n"
+        ),
+    )
+    .await;
+    let r = run_job(&e, "j", day("2026-03-01")).await;
+    assert_eq!(step(&r, "insert").state, StepState::Success, "{r:?}");
+    assert_eq!(step(&r, "bound").state, StepState::Success, "{r:?}");
+    let rows: Vec<Option<String>> = pg()
+        .await
+        .query(&format!("SELECT v FROM public.{t}"), &[])
+        .await
+        .expect("the table is still there")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        [Some(evil.clone()), Some(evil.clone())],
+        "stored as data, twice"
+    );
+
+    let traverse = step(&r, "traverse");
+    assert_eq!(traverse.state, StepState::Failed);
+    assert_eq!(
+        traverse.error.as_deref(),
+        Some(format!("prefix rendered to \"{base}/mine/../other\", which is not a safe S3 key prefix: it has a '..' folder, which could resolve outside the prefix; a key prefix takes plain folder names").as_str())
+    );
+    let top = step(&r, "top");
+    assert_eq!(top.state, StepState::Failed);
+    assert!(
+        top.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("it is empty: objects would go to the top of the bucket"),
+        "{top:?}"
+    );
+    let left: Vec<String> = s3c
+        .list(&bucket, &format!("{base}/"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&sentinel),
+        "nothing written, nothing deleted"
+    );
+    s3c.delete(&bucket, &sentinel).await.expect("clean");
+    pg().await
+        .batch_execute(&format!("DROP TABLE public.{t}"))
+        .await
+        .expect("drop");
+    mysql()
+        .await
+        .query_drop(format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
+}

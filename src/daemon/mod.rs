@@ -477,6 +477,10 @@ impl Daemon {
         // A run whose heartbeat is older than two lease times is taken over by another daemon:
         // it beats well within that.
         engine.heartbeat_every = engine.heartbeat_every.min(engine.lease_ttl / 3);
+        // Cancelled when the running steps are (a stop's grace is over): a record that waits for
+        // an unreachable store is given up then; the next start recovers its step.
+        let cancel = CancellationToken::new();
+        engine.stop = cancel.clone();
         let engine_tx = tokio::sync::watch::Sender::new(engine.clone());
         let metrics = metrics::Metrics::for_daemon(&id);
         engine.notifier = Some(notifier(project.clone(), store.clone(), &metrics));
@@ -544,7 +548,7 @@ impl Daemon {
                 .map(|(j, _)| j)
                 .collect(),
             backfills: HashMap::new(),
-            cancel: CancellationToken::new(),
+            cancel,
             stopping: false,
             retry_at: None,
             successes: 0,
@@ -1733,6 +1737,7 @@ impl Daemon {
         engine.lease_ttl = self.engine.lease_ttl;
         engine.heartbeat_every = self.engine.heartbeat_every;
         engine.leases = self.engine.leases.clone();
+        engine.stop = self.engine.stop.clone();
         engine.notifier = Some(crate::alerts::Notifier::new(
             project.clone(),
             self.store.clone(),

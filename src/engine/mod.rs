@@ -176,6 +176,9 @@ pub struct Engine {
     /// How long a step's records are retried while the metadata store is unreachable (the work is
     /// done or under way; only its record waits), before the attempt is given up as failed.
     pub store_patience: Duration,
+    /// The process is stopping for good (a daemon past its grace): store writes stop waiting for
+    /// an unreachable store.
+    pub stop: CancellationToken,
 }
 
 /// [`Engine::store_patience`] unless set: a store restart or a failover fits well within it.
@@ -200,6 +203,7 @@ impl Engine {
             notifier: None,
             leases: leases::LeaseBook::default(),
             store_patience: STORE_PATIENCE,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -217,7 +221,11 @@ impl Engine {
         let mut failures = 0u32;
         loop {
             match write().await {
-                Err(e) if e.is_unreachable() && started.elapsed() < self.store_patience => {
+                Err(e)
+                    if e.is_unreachable()
+                        && started.elapsed() < self.store_patience
+                        && !self.stop.is_cancelled() =>
+                {
                     if failures == 0 {
                         tracing::warn!(
                             "recording {op}: the metadata store is unreachable ({e}); retrying with \
@@ -226,7 +234,10 @@ impl Engine {
                         );
                     }
                     failures += 1;
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.cancelled() => {}
+                    }
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
                 Ok(v) => {

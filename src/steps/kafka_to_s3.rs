@@ -197,11 +197,9 @@ impl Step for KafkaToS3Step {
             }
         }
         bucket_of(cx, self.bucket.as_deref(), s3);
-        let f = cx.field("prefix");
-        cx.template_field(&f, &self.prefix);
+        cx.key_prefix_field("prefix", &self.prefix);
         if let Some(dl) = &self.dead_letter {
-            let f = cx.field("dead_letter");
-            cx.template_field(&f, dl);
+            cx.key_prefix_field("dead_letter", dl);
         }
         if let Err(e) = PartitionBy::parse(&self.partition_by) {
             let f = cx.field("partition_by");
@@ -369,20 +367,23 @@ pub struct Manifest {
 }
 
 /// A record handed to a partition's worker.
-struct Rec {
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    payload: Option<Vec<u8>>,
+#[doc(hidden)]
+pub struct Rec {
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub payload: Option<Vec<u8>>,
 }
 
-enum Feed {
+#[doc(hidden)]
+pub enum Feed {
     Records(Vec<Rec>),
     /// The partition's batch is complete: flush every open object.
     End,
 }
 
 /// A finished object on its way to S3.
-struct Upload {
+#[doc(hidden)]
+pub struct Upload {
     file: tempfile::TempPath,
     entry: ObjectEntry,
     content_type: &'static str,
@@ -391,7 +392,8 @@ struct Upload {
 
 /// A partition worker's account.
 #[derive(Default)]
-struct PartitionStats {
+#[doc(hidden)]
+pub struct PartitionStats {
     records: u64,
     dead: u64,
     first_offset: Option<i64>,
@@ -486,15 +488,9 @@ impl KafkaToS3Step {
         };
         let (s3, bucket) = cx.s3(&self.s3, self.bucket.as_deref())?;
         let s3 = Arc::new(s3);
-        let prefix = cx
-            .render("prefix", &self.prefix, None)?
-            .trim_matches('/')
-            .to_string();
+        let prefix = cx.render_key_prefix("prefix", &self.prefix)?;
         let dead_letter = match &self.dead_letter {
-            Some(d) => cx
-                .render("dead_letter", d, None)?
-                .trim_matches('/')
-                .to_string(),
+            Some(d) => cx.render_key_prefix("dead_letter", d)?,
             None => format!("{prefix}/_dead_letter"),
         };
         PartitionBy::parse(&self.partition_by).map_err(StepError::config)?;
@@ -1073,8 +1069,10 @@ fn consume(
     Ok(next)
 }
 
-/// One partition's worker: validates, routes by time, writes and cuts objects.
-struct Worker {
+/// One partition's worker: validates, routes by time, writes and cuts objects. Public (hidden) for
+/// the fuzz target `fuzz/fuzz_targets/kafka_route.rs`.
+#[doc(hidden)]
+pub struct Worker {
     plan: Arc<BatchPlan>,
     partition: i32,
     tz: Tz,
@@ -1089,7 +1087,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(
+    pub fn new(
         plan: &Arc<BatchPlan>,
         partition: i32,
         tmp: &Path,
@@ -1123,7 +1121,7 @@ impl Worker {
         })
     }
 
-    fn run(mut self, rx: Receiver<Feed>) -> Result<PartitionStats, StepError> {
+    pub fn run(mut self, rx: Receiver<Feed>) -> Result<PartitionStats, StepError> {
         while let Ok(feed) = rx.recv() {
             match feed {
                 Feed::Records(recs) => {

@@ -66,7 +66,20 @@ impl LuaStep {
             interval_end: cx.interval.end_local(tz).to_rfc3339(),
             ds: cx.interval.start_local(tz).format("%Y-%m-%d").to_string(),
             params: cx.job().params.clone(),
-            upstream: cx.vars.steps.clone(),
+            // The templates' `steps.<id>.outputs` holds each step's outputs; the script context
+            // takes them by step id (`ctx.steps.<id>.outputs` in the script).
+            upstream: match &cx.vars.steps {
+                serde_json::Value::Object(m) => serde_json::Value::Object(
+                    m.iter()
+                        .map(|(id, s)| {
+                            let outputs =
+                                s.get("outputs").cloned().unwrap_or(serde_json::Value::Null);
+                            (id.clone(), outputs)
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            },
         };
         let db = Arc::new(ProjectDb::new(
             cx.project.clone(),

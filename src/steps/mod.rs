@@ -435,6 +435,26 @@ impl<'a> CheckCx<'a> {
         self.render(&TextOrigin::Field(field.clone()), text, None)
     }
 
+    /// A key prefix template: rendered as [`CheckCx::template_field`] does, and its rendering with
+    /// the project's params (and sample values for the rest) checked by
+    /// [`crate::lake::check_key_prefix`], so that `prefix: ../x` or a param that renders to nothing
+    /// is refused before anything runs (the step checks the real rendering again).
+    pub fn key_prefix_field(&mut self, name: &str, text: &str) {
+        let f = self.field(name);
+        if let Some(rendered) = self.template_field(&f, text) {
+            let prefix = rendered.trim_matches('/');
+            if let Err(why) = crate::lake::check_key_prefix(prefix) {
+                let step = self.step.clone();
+                self.error_help(
+                    &f,
+                    "unsafe-prefix",
+                    format!("step '{step}': {name} renders to {prefix:?}, which is not a safe S3 key prefix: {why}"),
+                    "write the prefix as plain folder names, e.g. events/{{ ds | date('%Y/%m/%d') }}",
+                );
+            }
+        }
+    }
+
     /// Render and parse a SQL template, record its lineage on `connection`, report errors at their place.
     pub fn check_sql(
         &mut self,

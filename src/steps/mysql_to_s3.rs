@@ -294,10 +294,7 @@ impl MysqlToS3Step {
         }
         let (s3, bucket) = cx.s3(&self.s3, self.bucket.as_deref())?;
         let s3 = Arc::new(s3);
-        let prefix = cx
-            .render("prefix", &self.prefix, None)?
-            .trim_matches('/')
-            .to_string();
+        let prefix = cx.render_key_prefix("prefix", &self.prefix)?;
         let mut db = MyClient::connect(&url, timeout).await.map_err(|e| {
             StepError::external(
                 cx.project
@@ -546,8 +543,7 @@ impl Step for MysqlToS3Step {
         let f = cx.field("s3");
         let s3 = cx.connection(&f, &self.s3, &[ConnectionKind::S3]);
         super::kafka_to_s3::bucket_of(cx, self.bucket.as_deref(), s3);
-        let f = cx.field("prefix");
-        cx.template_field(&f, &self.prefix);
+        cx.key_prefix_field("prefix", &self.prefix);
         if let Some((_, which)) = cx.one_of(("table", &self.table), ("query", &self.query)) {
             if which == "a" {
                 let t = self.table.clone().unwrap_or_default();

@@ -188,6 +188,13 @@ impl RunCx {
             })
     }
 
+    /// Renders the S3 key prefix template of field `name`, trims its slashes and checks it
+    /// ([`crate::lake::check_key_prefix`]): a value from a parameter or an upstream output cannot
+    /// move the step's objects outside its folder or to the top of the bucket.
+    pub fn render_key_prefix(&self, name: &str, source: &str) -> Result<String, StepError> {
+        key_prefix(name, &self.render(name, source, None)?)
+    }
+
     /// Open the database connection `name` (a connection of the step's own, for steps that keep
     /// it for a long export or load).
     pub async fn connect(&self, name: &str) -> Result<(DbClient, Dialect), StepError> {
@@ -416,4 +423,16 @@ impl crate::lua_runtime::LuaDb for ProjectDb {
                 .map_err(|e| self.db_error(e))
         })
     }
+}
+
+/// A rendered S3 key prefix of field `name`, its slashes trimmed, checked with
+/// [`crate::lake::check_key_prefix`].
+pub fn key_prefix(name: &str, rendered: &str) -> Result<String, StepError> {
+    let prefix = rendered.trim_matches('/').to_string();
+    crate::lake::check_key_prefix(&prefix).map_err(|why| {
+        StepError::config(format!(
+            "{name} rendered to {prefix:?}, which is not a safe S3 key prefix: {why}"
+        ))
+    })?;
+    Ok(prefix)
 }

@@ -336,6 +336,8 @@ impl S3ToRedshiftStep {
         }
         if let Some(prefix) = &self.source.prefix {
             let prefix = cx.render("prefix", prefix, None)?;
+            // (Checked without its slashes, listed as written: `events/` lists a folder.)
+            super::runtime::key_prefix("prefix", &prefix)?;
             for o in s3
                 .list(&bucket, &prefix)
                 .await
@@ -1097,6 +1099,38 @@ fn copy_rows(
         let _ = tx.blocking_send(bytes::Bytes::from(buf));
     }
     Ok(rows)
+}
+
+/// [`copy_rows`] as a load runs it, for the fuzz target `fuzz/fuzz_targets/jsonl.rs`: `columns` are
+/// (column, JSON path as written in a job file, cast, binary type); returns the rows and the COPY
+/// stream a load would send (text, or binary when `binary`), or the load's error.
+#[doc(hidden)]
+pub fn copy_rows_for_fuzzing(
+    format: Format,
+    binary: bool,
+    data: &[u8],
+    columns: &[(&str, &str, Option<&str>, Option<BinType>)],
+    allowed: u64,
+) -> Result<(u64, Vec<u8>), String> {
+    let mut mapped = Vec::new();
+    for (column, path, cast, bin) in columns {
+        mapped.push(Mapped {
+            column: column.to_string(),
+            path: super::kafka_to_s3::parse_json_path(path)?,
+            cast: cast.map(str::to_string),
+            bin: *bin,
+        });
+    }
+    // Every chunk is kept: the fuzzer's inputs are far below the channel's capacity in chunks.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let bad = AtomicU64::new(0);
+    let rows = copy_rows(format, binary, data, &mapped, allowed, &bad, &tx)?;
+    drop(tx);
+    let mut out = Vec::new();
+    while let Ok(chunk) = rx.try_recv() {
+        out.extend_from_slice(&chunk);
+    }
+    Ok((rows, out))
 }
 
 /// The objects a load considers, sorted, and the ETag each manifest recorded for its objects

@@ -338,3 +338,123 @@ pub async fn exported_objects(prefix: &str) -> Vec<(String, Vec<String>)> {
         .map(|(k, lines)| (k[prefix.len()..].to_string(), lines))
         .collect()
 }
+
+/// A TCP relay in front of a real server that runs `fault` (once) when a request containing
+/// `pattern` passes through it, before forwarding that request: it times a fault to a protocol
+/// moment ("while the manifest is being written") that polling from outside could only guess.
+/// Everything else is relayed unchanged; the server answers every request itself.
+pub struct Tap {
+    pub addr: std::net::SocketAddr,
+    pub fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tap {
+    pub async fn start(
+        upstream: &str,
+        pattern: &str,
+        fault: impl Fn() + Send + Sync + 'static,
+    ) -> Tap {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the tap");
+        let addr = listener.local_addr().expect("tap address");
+        let fired = Arc::new(AtomicBool::new(false));
+        let (upstream, pattern) = (upstream.to_string(), pattern.as_bytes().to_vec());
+        let fault = Arc::new(fault);
+        let f2 = fired.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, pattern, fault, fired) =
+                    (upstream.clone(), pattern.clone(), fault.clone(), f2.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return; // the server is down: the client sees its connection closed
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if !fired.load(Ordering::SeqCst)
+                                && buf[..n].windows(pattern.len()).any(|w| w == pattern)
+                                && !fired.swap(true, Ordering::SeqCst)
+                            {
+                                let fault = fault.clone();
+                                tokio::task::spawn_blocking(move || fault())
+                                    .await
+                                    .expect("the fault");
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Tap { addr, fired }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Runs `scripts/services.sh` with `args` (e.g. `stop s3`, `up`) and asserts it succeeded.
+pub fn services(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/services.sh"))
+        .args(args)
+        .output()
+        .expect("scripts/services.sh");
+    assert!(
+        out.status.success(),
+        "services.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The offsets the consumer group `group` has committed on `topic`'s `partitions` (None: none).
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
